@@ -1,0 +1,59 @@
+"""MoLoRA (E full LoRA experts) and MoLoRA-SD (shared down-projection).
+
+MoLoRA:    dy = s * sum_e w_e (x @ lora_a[e]) @ lora_b[e]
+MoLoRA-SD: dy = s * sum_e w_e (x @ lora_a) @ lora_b[e]
+with w = softmax(x @ router) in float32. Both contract experts and rank in
+one einsum; no loop over experts.
+
+Legend: D input features (P), F output features (Q), R rank, E experts.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mode_jax.adapters import config as config_lib
+from mode_jax.adapters import lora
+from mode_jax.adapters import routing
+from mode_jax.adapters import variables
+
+
+class MoLoRA(nnx.Module):
+  """`lora_a [E,P,R]` (or `[P,R]` when shared_down), `lora_b [E,R,Q]`, `router [P,E]`."""
+
+  def __init__(self, cfg: config_lib.AdapterConfig, in_features: int,
+               out_features: int, rngs: nnx.Rngs, *, shared_down: bool = False,
+               in_axis=None, out_axis=None):
+    e, r = cfg.num_experts, cfg.rank
+    self.scale = cfg.scale
+    self.shared_down = shared_down
+    if shared_down:
+      self.lora_a = variables.AdapterParam(
+          lora.init_normal(rngs, (in_features, r), cfg.a_init_scale),
+          logical_axes=(in_axis, "rank"))
+    else:
+      self.lora_a = variables.AdapterParam(
+          lora.init_normal(rngs, (e, in_features, r), cfg.a_init_scale),
+          logical_axes=("expert", in_axis, "rank"))
+    self.lora_b = variables.AdapterParam(
+        lora.init_normal(rngs, (e, r, out_features), cfg.b_init_scale),
+        logical_axes=("expert", "rank", out_axis))
+    self.router = variables.AdapterParam(
+        lora.init_normal(rngs, (in_features, e), cfg.router_init_scale),
+        logical_axes=(in_axis, "expert"))
+
+  def __call__(self, x_td: jax.Array) -> jax.Array:
+    w_te = routing.softmax_gates(x_td, self.router[...][:, None, :])[..., 0, :]
+    routing.record(self, w_te[..., None, :])
+    a = self.lora_a[...].astype(x_td.dtype)
+    if self.shared_down:
+      h_tr = jnp.einsum("...d,dr->...r", x_td, a)
+      u_ter = w_te[..., :, None] * h_tr[..., None, :].astype(jnp.float32)
+    else:
+      h_ter = jnp.einsum("...d,edr->...er", x_td, a)
+      u_ter = w_te[..., :, None] * h_ter.astype(jnp.float32)
+    b_erf = self.lora_b[...].astype(x_td.dtype)
+    dy_tf = jnp.einsum("...er,erf->...f", u_ter.astype(x_td.dtype), b_erf)
+    return (self.scale * dy_tf).astype(x_td.dtype)
