@@ -15,13 +15,12 @@ from mode_jax.adapters import mode
 from mode_jax.adapters import molora
 from mode_jax.adapters.config import KINDS, TARGETS, AdapterConfig
 from mode_jax.adapters.counting import count_params
-from mode_jax.adapters.routing import RoutingStats
 from mode_jax.adapters.variables import ADAPTER, FROZEN_BASE, TRAINABLE, AdapterParam, AdapterState
 
 
 def make_adapter(cfg: AdapterConfig, in_features: int, out_features: int,
                  rngs: nnx.Rngs, *, in_axis: str | None = None,
-                 out_axis: str | None = None) -> nnx.Module:
+                 out_axis: str | None = None, name: str = "") -> nnx.Module:
   """Builds one adapter whose call on x [..., P] returns dy [..., Q].
 
   Args:
@@ -31,8 +30,9 @@ def make_adapter(cfg: AdapterConfig, in_features: int, out_features: int,
     rngs: random streams (uses `params`).
     in_axis: logical axis name of the P dimension (for sharding).
     out_axis: logical axis name of the Q dimension.
+    name: the adapted matrix's path, used to label routing statistics.
   """
-  kw = dict(in_axis=in_axis, out_axis=out_axis)
+  kw = dict(in_axis=in_axis, out_axis=out_axis, name=name)
   if cfg.kind == "lora":
     return lora.LoRA(cfg, in_features, out_features, rngs, **kw)
   if cfg.kind == "molora":

@@ -24,8 +24,10 @@ class LoRA(nnx.Module):
   """Low-rank adapter with `lora_a [P,R]` and `lora_b [R,Q]`."""
 
   def __init__(self, cfg: config_lib.AdapterConfig, in_features: int,
-               out_features: int, rngs: nnx.Rngs, *, in_axis=None, out_axis=None):
+               out_features: int, rngs: nnx.Rngs, *, in_axis=None, out_axis=None,
+               name: str = ""):
     self.scale = cfg.scale
+    self.name = name
     self.lora_a = variables.AdapterParam(
         init_normal(rngs, (in_features, cfg.rank), cfg.a_init_scale),
         logical_axes=(in_axis, "rank"))

@@ -29,9 +29,10 @@ class MoDE(nnx.Module):
   """`lora_a [P,R]`, `lora_b [E,R,Q]`, `router [P,G,E]`."""
 
   def __init__(self, cfg: config_lib.AdapterConfig, in_features: int,
-               out_features: int, rngs: nnx.Rngs, *, in_axis=None, out_axis=None):
+               out_features: int, rngs: nnx.Rngs, *, in_axis=None, out_axis=None, name: str = ""):
     e, r, g = cfg.num_experts, cfg.rank, cfg.num_groups
     self.scale = cfg.scale
+    self.name = name
     self.expert_rank = cfg.expert_rank
     self.lora_a = variables.AdapterParam(
         lora.init_normal(rngs, (in_features, r), cfg.a_init_scale),
@@ -49,7 +50,7 @@ class MoDE(nnx.Module):
 
   def __call__(self, x_td: jax.Array) -> jax.Array:
     w_tge = self.gates(x_td)
-    routing.record(self, w_tge)
+    routing.record(self.name, w_tge)
     h_tr = jnp.einsum("...d,dr->...r", x_td, self.lora_a[...].astype(x_td.dtype))
     g, e = w_tge.shape[-2:]
     p = self.expert_rank

@@ -25,9 +25,10 @@ class MoLoRA(nnx.Module):
 
   def __init__(self, cfg: config_lib.AdapterConfig, in_features: int,
                out_features: int, rngs: nnx.Rngs, *, shared_down: bool = False,
-               in_axis=None, out_axis=None):
+               in_axis=None, out_axis=None, name: str = ""):
     e, r = cfg.num_experts, cfg.rank
     self.scale = cfg.scale
+    self.name = name
     self.shared_down = shared_down
     if shared_down:
       self.lora_a = variables.AdapterParam(
@@ -46,7 +47,7 @@ class MoLoRA(nnx.Module):
 
   def __call__(self, x_td: jax.Array) -> jax.Array:
     w_te = routing.softmax_gates(x_td, self.router[...][:, None, :])[..., 0, :]
-    routing.record(self, w_te[..., None, :])
+    routing.record(self.name, w_te[..., None, :])
     a = self.lora_a[...].astype(x_td.dtype)
     if self.shared_down:
       h_tr = jnp.einsum("...d,dr->...r", x_td, a)

@@ -5,13 +5,32 @@ Legend: D input features (P), G routed groups, E experts.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from typing import Iterator
+
 import jax
 import jax.numpy as jnp
-from flax import nnx
+
+# Routing statistics are gathered functionally, not sown into modules, so a
+# model can be called inside any jax transformation without mutation.
+_COLLECTOR: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "mode_jax_routing", default=None)
 
 
-class RoutingStats(nnx.Intermediate):
-  """Per-call routing statistics sown by mixture adapters (for logging)."""
+@contextlib.contextmanager
+def collect() -> Iterator[dict]:
+  """Collects {adapter name: {"entropy": [], "load": [E]}} of calls made inside.
+
+  Used inside a traced loss function: the dict's arrays are tracers of that
+  trace and are returned as auxiliary outputs.
+  """
+  stats: dict = {}
+  token = _COLLECTOR.set(stats)
+  try:
+    yield stats
+  finally:
+    _COLLECTOR.reset(token)
 
 
 def softmax_gates(x_td: jax.Array, router_dge: jax.Array) -> jax.Array:
@@ -29,10 +48,20 @@ def softmax_gates(x_td: jax.Array, router_dge: jax.Array) -> jax.Array:
   return jax.nn.softmax(logits_tge, axis=-1)
 
 
-def record(module: nnx.Module, w_tge: jax.Array) -> None:
-  """Sows mean router entropy and mean expert load of gates w [..., G, E]."""
+def record(name: str, w_tge: jax.Array) -> None:
+  """Records mean router entropy and mean expert load of gates w [..., G, E].
+
+  A no-op outside `collect()`. Load is averaged over tokens and groups and
+  sums to one over experts.
+  """
+  stats = _COLLECTOR.get()
+  if stats is None:
+    return
   e = w_tge.shape[-1]
   w = w_tge.reshape(-1, e)
   entropy = -jnp.sum(w * jnp.log(jnp.clip(w, 1e-9, 1.0)), axis=-1).mean()
   load_e = w.mean(axis=0)
-  module.sow(RoutingStats, "routing", {"entropy": entropy, "load": load_e})
+  key = name or f"adapter_{len(stats)}"
+  while key in stats:  # the same module called twice
+    key += "'"
+  stats[key] = {"entropy": entropy, "load": load_e}

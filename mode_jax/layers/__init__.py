@@ -1,0 +1,1 @@
+"""Base network pieces of the Gemma-family decoder."""

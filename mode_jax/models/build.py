@@ -1,0 +1,60 @@
+"""Building models abstractly first, then concretely or sharded."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+from flax import nnx
+
+from mode_jax import adapters as adapters_lib
+from mode_jax import sharding
+from mode_jax.models import config as config_lib
+from mode_jax.models import transformer
+
+
+def build_model(cfg: config_lib.ModelConfig,
+                adapter: adapters_lib.AdapterConfig | None = None,
+                seed: int = 0) -> transformer.Transformer:
+  """A concrete model on the default device (tests and tiny configs)."""
+  return transformer.Transformer(cfg, adapter, rngs=nnx.Rngs(params=seed))
+
+
+def abstract_model(cfg: config_lib.ModelConfig,
+                   adapter: adapters_lib.AdapterConfig | None = None) -> transformer.Transformer:
+  """The model with ShapeDtypeStruct leaves; nothing is materialised."""
+  return nnx.eval_shape(lambda: transformer.Transformer(cfg, adapter, rngs=nnx.Rngs(0)))
+
+
+def build_sharded(cfg: config_lib.ModelConfig,
+                  adapter: adapters_lib.AdapterConfig | None,
+                  mesh: jax.sharding.Mesh, seed: int = 0,
+                  rules=sharding.DEFAULT_RULES) -> transformer.Transformer:
+  """Initialises every parameter directly into its logical-axis sharding."""
+  abstract = abstract_model(cfg, adapter)
+  graphdef, abs_state = nnx.split(abstract)
+  shardings = sharding.state_shardings(abs_state, mesh, rules)
+
+  @jax.jit
+  def init():
+    model = transformer.Transformer(cfg, adapter, rngs=nnx.Rngs(params=seed))
+    return nnx.state(model)
+
+  state = jax.jit(init, out_shardings=shardings)()
+  return nnx.merge(graphdef, state)
+
+
+def _count(state) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+
+
+def param_counts(model: nnx.Module) -> dict[str, int]:
+  """Counts of a (possibly abstract) model by variable type."""
+  base = nnx.state(model, adapters_lib.FROZEN_BASE)
+  emb = _count(nnx.state(model.embedder, nnx.Param))
+  return {
+      "embedding": emb,
+      "non_embedding": _count(base) - emb,
+      "adapter_trainable": _count(nnx.state(model, adapters_lib.TRAINABLE)),
+      "adapter_state": _count(nnx.state(model, adapters_lib.AdapterState)),
+  }
