@@ -1,0 +1,121 @@
+"""All Orbax calls of mode_jax live here.
+
+Two kinds of checkpoint:
+- a *base* checkpoint: the frozen base model's `nnx.Param` state (a nested
+  dict of arrays keyed by the model's own parameter paths) plus
+  `mode_jax_base.json` (the ModelConfig and where the weights came from);
+- a *run* checkpoint (see `RunCheckpointer`): adapters, optimizer state, step,
+  data position and the operative gin config, never the frozen base.
+
+Loading order, written down once: resume from the run directory; else a
+base checkpoint plus fresh adapters; else (tests and the tiny default only)
+a random or locally built base.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from mode_jax import adapters as adapters_lib
+from mode_jax import sharding
+from mode_jax.models import config as config_lib
+
+BASE_METADATA = "mode_jax_base.json"
+BASE_STATE = "params"
+
+
+def _pure(state: nnx.State) -> dict:
+  return nnx.to_pure_dict(state)
+
+
+def is_base_checkpoint(path: str) -> bool:
+  return os.path.exists(os.path.join(path, BASE_METADATA))
+
+
+def save_base(path: str, model: nnx.Module, source: str = "") -> None:
+  """Writes the model's frozen base parameters and its config (atomically)."""
+  path = os.path.abspath(path)
+  params = _pure(nnx.state(model, adapters_lib.FROZEN_BASE))
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(path, BASE_STATE), params, force=True)
+  meta = {"config": dataclasses.asdict(model.config), "source": source}
+  tmp = os.path.join(path, BASE_METADATA + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(meta, f, indent=2)
+  os.replace(tmp, os.path.join(path, BASE_METADATA))
+
+
+def read_base_config(path: str) -> config_lib.ModelConfig:
+  """The ModelConfig stored beside a base checkpoint."""
+  meta_path = os.path.join(path, BASE_METADATA)
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(
+        f"{path!r} is not a mode_jax base checkpoint: {BASE_METADATA} not found")
+  with open(meta_path) as f:
+    cfg = json.load(f)["config"]
+  cfg["attention_types"] = tuple(cfg.get("attention_types", ("global",)))
+  return config_lib.ModelConfig(**cfg)
+
+
+def _check_tree(expected: dict, found: dict, path: str) -> None:
+  """Raises a ValueError naming the first missing, unexpected or misshapen array."""
+  exp = {"/".join(map(str, k)): v for k, v in _flatten(expected)}
+  got = {"/".join(map(str, k)): v for k, v in _flatten(found)}
+  missing = sorted(set(exp) - set(got))
+  extra = sorted(set(got) - set(exp))
+  if missing:
+    raise ValueError(f"base checkpoint {path!r} lacks parameter {missing[0]!r}"
+                     f" ({len(missing)} missing)")
+  if extra:
+    raise ValueError(f"base checkpoint {path!r} has unexpected parameter {extra[0]!r}"
+                     f" ({len(extra)} unexpected)")
+  for k, e in exp.items():
+    g = got[k]
+    if tuple(g.shape) != tuple(e.shape):
+      raise ValueError(f"base checkpoint {path!r}: parameter {k!r} has shape "
+                       f"{tuple(g.shape)}, expected {tuple(e.shape)}")
+    if np.dtype(g.dtype) != np.dtype(e.dtype):
+      raise ValueError(f"base checkpoint {path!r}: parameter {k!r} has dtype "
+                       f"{np.dtype(g.dtype)}, expected {np.dtype(e.dtype)}")
+
+
+def _flatten(tree: dict):
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return [(tuple(getattr(p, "key", getattr(p, "idx", p)) for p in kp), v) for kp, v in leaves]
+
+
+def restore_base(path: str, model: nnx.Module, mesh: jax.sharding.Mesh | None = None,
+                 rules=sharding.DEFAULT_RULES) -> None:
+  """Loads base parameters into `model` (concrete or abstract), in place.
+
+  Each array is read directly into its logical-axis sharding on `mesh` (or
+  the default device), never gathered on one device. Shape or dtype
+  mismatches name the offending parameter.
+  """
+  path = os.path.abspath(path)
+  state_dir = os.path.join(path, BASE_STATE)
+  if not os.path.isdir(state_dir):
+    raise FileNotFoundError(f"base checkpoint {path!r} not found (no {BASE_STATE}/ inside)")
+  base_state = nnx.state(model, adapters_lib.FROZEN_BASE)
+  if mesh is None:
+    mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
+  shardings = sharding.state_shardings(base_state, mesh, rules)
+  target = jax.tree.map(
+      lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+      _pure(base_state), _pure(shardings))
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(state_dir)
+    found = getattr(meta, "item_metadata", meta)
+    found = getattr(found, "tree", found)
+    _check_tree(target, found, path)
+    restored = ckptr.restore(state_dir, target)
+  nnx.replace_by_pure_dict(base_state, restored)
+  nnx.update(model, base_state)
