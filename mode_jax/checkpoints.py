@@ -119,3 +119,105 @@ def restore_base(path: str, model: nnx.Module, mesh: jax.sharding.Mesh | None = 
     restored = ckptr.restore(state_dir, target)
   nnx.replace_by_pure_dict(base_state, restored)
   nnx.update(model, base_state)
+
+
+class RunCheckpointer:
+  """Periodic, atomic, asynchronous run checkpoints in `<model_dir>/checkpoints`.
+
+  Each checkpoint holds the train state (step, adapter parameters, optimizer
+  state, adapter state such as balancing biases), the data position and the
+  operative gin config; never the frozen base. Orbax writes each step to a
+  temporary directory and renames it when complete, so a kill mid-save
+  leaves the previous checkpoint as the latest complete one.
+  """
+
+  def __init__(self, model_dir: str, *, save_interval_steps: int = 1000,
+               max_to_keep: int | None = 3, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=save_interval_steps, max_to_keep=max_to_keep,
+        enable_async_checkpointing=async_save, create=True)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_names=("adapters", "opt_state", "data", "config"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: dict, data_state: dict, config: str = "",
+           force: bool = False) -> bool:
+    """Saves when the interval says so (or `force`); returns whether it did.
+
+    `state` is the train state {"step", "params", "opt_state",
+    "adapter_state"}; the adapters and the optimizer state are separate
+    items so evaluation can read the adapters alone.
+    """
+    adapters = {k: v for k, v in state.items() if k != "opt_state"}
+    return self.manager.save(
+        step, args=ocp.args.Composite(
+            adapters=ocp.args.StandardSave(adapters),
+            opt_state=ocp.args.StandardSave(state["opt_state"]),
+            data=ocp.args.JsonSave(data_state),
+            config=ocp.args.JsonSave({"gin": config})), force=force)
+
+  def _step(self, step):
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint in {self.directory!r}")
+    return step
+
+  def restore(self, abstract_state: dict, step: int | None = None) -> tuple[Any, dict, str]:
+    """Restores (train state, data_state, gin config) of `step` (default: latest)."""
+    step = self._step(step)
+    adapters = {k: v for k, v in abstract_state.items() if k != "opt_state"}
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        adapters=ocp.args.StandardRestore(adapters),
+        opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
+        data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+    state = dict(out.adapters, opt_state=out.opt_state)
+    return state, dict(out.data), out.config.get("gin", "")
+
+  def restore_adapters(self, abstract_adapters: dict, step: int | None = None) -> dict:
+    """Restores {"step", "params", "adapter_state"} only (evaluation, export)."""
+    step = self._step(step)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        adapters=ocp.args.StandardRestore(abstract_adapters)))
+    return dict(out.adapters)
+
+  def restore_config(self, step: int | None = None) -> str:
+    """The gin config text saved with `step` (default: latest)."""
+    out = self.manager.restore(self._step(step), args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))
+    return out.config.get("gin", "")
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+  """ShapeDtypeStructs (with shardings) of a pytree of arrays, as restore targets."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      tree)
+
+
+def save_adapters(path: str, adapter_state: Any) -> None:
+  """Writes an adapter-only checkpoint (trained and non-trained adapter state)."""
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.abspath(path), adapter_state, force=True)
+
+
+def restore_adapters(path: str, abstract_state: Any) -> Any:
+  """Reads an adapter-only checkpoint into the structure of `abstract_state`."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"adapter checkpoint {path!r} not found")
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(path, abstract_state)

@@ -65,3 +65,17 @@ def record(name: str, w_tge: jax.Array) -> None:
   while key in stats:  # the same module called twice
     key += "'"
   stats[key] = {"entropy": entropy, "load": load_e}
+
+
+def summarize(stats: dict) -> dict:
+  """Scalar logging view: per adapted matrix entropy and max/min expert load."""
+  out = {}
+  for name, s in stats.items():
+    if "entropy" in s:
+      out[f"{name}/entropy"] = s["entropy"]
+      out[f"{name}/load_max"] = jnp.max(s["load"])
+      out[f"{name}/load_min"] = jnp.min(s["load"])
+  if out:
+    out["mean_entropy"] = jnp.mean(jnp.stack([v for k, v in out.items()
+                                              if k.endswith("/entropy")]))
+  return out

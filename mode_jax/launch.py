@@ -1,0 +1,126 @@
+"""Gin at the edges: flags, config search path, macros, operative config.
+
+Every entry point (`python -m mode_jax.train`, `.eval`, `.infer`, `.export`)
+calls `parse_and_run(fn)`: `--gin_file` (repeatable, searched relative to
+`configs/`) and `--gin_bindings` are parsed with the library's configs
+registered as gin externals; unknown configurables or parameters and
+missing required values fail at start-up naming them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import Callable, Sequence
+
+import gin
+import jax
+
+from mode_jax import adapters
+from mode_jax import models
+from mode_jax import optim
+from mode_jax import sharding
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs")
+
+_REGISTERED = False
+
+
+def register_configurables() -> None:
+  """Registers the library's config dataclasses with gin (once)."""
+  global _REGISTERED
+  if _REGISTERED:
+    return
+  from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
+  gin.external_configurable(models.ModelConfig, module="models")
+  gin.external_configurable(models.get_config, module="models")
+  gin.external_configurable(adapters.AdapterConfig, module="adapters")
+  gin.external_configurable(optim.OptimizerConfig, module="optim")
+  gin.external_configurable(sharding.MeshConfig, module="sharding")
+  gin.external_configurable(data_config.SniConfig, module="data")
+  _REGISTERED = True
+
+
+def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--gin_file", action="append", default=[],
+                  help="gin file, repeatable; relative paths are searched in configs/")
+  ap.add_argument("--gin_bindings", action="append", default=[],
+                  help="gin binding, repeatable, e.g. TRAIN_STEPS=100")
+  ap.add_argument("--multihost", action="store_true",
+                  help="call jax.distributed.initialize() (TPU pods, multi-host GPU)")
+  return ap.parse_args(argv)
+
+
+def _resolve(path: str) -> str:
+  for cand in (path, os.path.join(CONFIGS_DIR, path)):
+    if os.path.exists(cand):
+      return cand
+  raise FileNotFoundError(f"gin file {path!r} not found (also looked in {CONFIGS_DIR})")
+
+
+def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
+  """Parses gin files and bindings; a bad name fails here, naming it."""
+  register_configurables()
+  gin.clear_config()
+  gin.add_config_file_search_path(CONFIGS_DIR)
+  try:
+    gin.parse_config_files_and_bindings([_resolve(f) for f in files], list(bindings),
+                                        finalize_config=True)
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(f"gin configuration error: {str(e).splitlines()[0]}") from e
+
+
+def query(name: str):
+  """The evaluated value of a gin parameter (macros and @refs() resolved)."""
+  value = gin.query_parameter(name)
+
+  def ev(v):
+    if isinstance(v, gin.config.ConfigurableReference):
+      return v.scoped_configurable_fn() if v.evaluate else v.scoped_configurable_fn
+    if isinstance(v, (list, tuple)):
+      return type(v)(ev(x) for x in v)
+    if isinstance(v, dict):
+      return {k: ev(x) for k, x in v.items()}
+    return v
+
+  return ev(value)
+
+
+def call_configured(fn: Callable):
+  """Calls a gin-configured entry point; missing required values name the macro."""
+  try:
+    return fn()
+  except RuntimeError as e:
+    msg = str(e)
+    if not msg.startswith("Required bindings"):
+      raise
+    params = re.findall(r"'(\w+)'", msg)
+    owner = re.findall(r"`([\w.]+)`", msg)
+    owner = owner[0] if owner else fn.__name__
+    macros = ", ".join(f"{owner}.{p} (macro {p.upper()})" for p in params)
+    raise SystemExit(f"missing required gin value(s): {macros}") from e
+
+
+def write_operative_config(model_dir: str, name: str = "config.gin") -> str:
+  """Writes gin's config (operative once the run started) to model_dir."""
+  text = gin.operative_config_str() or gin.config_str()
+  if jax.process_index() == 0:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, name), "w") as f:
+      f.write(text)
+  return text
+
+
+def parse_and_run(fn: Callable, argv=None):
+  """The body of every `__main__`: flags, gin, run."""
+  args = parse_flags(sys.argv[1:] if argv is None else argv)
+  if args.multihost:
+    jax.distributed.initialize()
+  if not args.gin_file:
+    raise SystemExit("at least one --gin_file is required (see configs/)")
+  parse_gin(args.gin_file, args.gin_bindings)
+  return call_configured(fn)

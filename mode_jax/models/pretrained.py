@@ -1,0 +1,177 @@
+"""Loading pretrained Gemma weights into mode_jax, sharded.
+
+Three layouts are recognised, in this order:
+  1. a mode_jax base checkpoint (`mode_jax_base.json` + `params/`), written
+     by `python -m mode_jax.convert` or `checkpoints.save_base`;
+  2. a Hugging Face directory (`config.json` + `*.safetensors`);
+  3. the official Flax/Orbax release (an Orbax directory, or a directory
+     holding exactly one, as on Kaggle).
+
+The model is built abstractly first; each tensor is then read (HF: on the
+host, one at a time; official: restored already sharded) and placed in the
+NamedSharding of its logical axes, so no device ever holds the full model.
+Adapters, if asked for, are initialised fresh directly into their sharding.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from flax import nnx
+
+from mode_jax import adapters as adapters_lib
+from mode_jax import checkpoints
+from mode_jax import sharding
+from mode_jax.models import build
+from mode_jax.models import config as config_lib
+from mode_jax.models import flax_layout
+from mode_jax.models import hf_layout
+from mode_jax.models import layout
+from mode_jax.models import transformer
+
+BASE, HF, FLAX = "mode_jax_base", "huggingface", "flax"
+LAYOUTS = (BASE, HF, FLAX)
+TOKENIZER = "tokenizer.model"
+PretrainedError = layout.PretrainedError
+
+
+def detect_layout(path: str) -> str:
+  """Returns BASE, HF or FLAX; raises PretrainedError naming what was looked for."""
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise PretrainedError(f"pretrained checkpoint {path!r} is not a directory")
+  if checkpoints.is_base_checkpoint(path):
+    return BASE
+  if hf_layout.detect(path):
+    return HF
+  if flax_layout.detect(path):
+    return FLAX
+  raise PretrainedError(
+      f"cannot tell the checkpoint layout of {path!r}: looked for "
+      f"{checkpoints.BASE_METADATA} (mode_jax base checkpoint), {hf_layout.CONFIG} with "
+      "*.safetensors (Hugging Face), and an Orbax checkpoint directory, itself or its only "
+      "subdirectory, with one of _METADATA, checkpoint, manifest.ocdbt (official Flax "
+      "release)")
+
+
+def read_config(path: str, model: str | config_lib.ModelConfig | None = None,
+                param_dtype: str | None = None, dtype: str | None = None) -> config_lib.ModelConfig:
+  """The ModelConfig of a checkpoint: named (`model`), stored, or inferred.
+
+  Args:
+    path: checkpoint directory of any layout.
+    model: a registered config name (for example "gemma_2b") or a
+      ModelConfig, overriding inference; the weights must have its shapes.
+    param_dtype: "float32" or "bfloat16" (default: the stored dtype, or
+      the named config's).
+    dtype: activation dtype (default: `param_dtype`).
+
+  A base checkpoint's stored config always wins over `model` and
+  `param_dtype` (only `dtype` applies).
+  """
+  path = os.fspath(path)
+  kind = detect_layout(path)
+  if kind == BASE:  # the stored config; only the activation dtype may change
+    cfg = checkpoints.read_base_config(path)
+    return cfg.replace(dtype=dtype or cfg.dtype)
+  if model is not None:  # its own dtypes unless overridden
+    cfg = model if isinstance(model, config_lib.ModelConfig) else config_lib.get_config(model)
+    cfg = cfg.replace(param_dtype=param_dtype or cfg.param_dtype)
+    return cfg.replace(dtype=dtype or (param_dtype or cfg.dtype))
+  if kind == HF:
+    cfg = hf_layout.read_config(path, param_dtype)
+  else:
+    cfg = flax_layout.read_config(path, param_dtype)
+  param_dtype = param_dtype or cfg.param_dtype
+  return cfg.replace(param_dtype=param_dtype, dtype=dtype or param_dtype)
+
+
+def tokenizer_path(path: str) -> str | None:
+  """The SentencePiece `tokenizer.model` of a checkpoint, or None.
+
+  Looked for in `path` and its parent (Kaggle puts it beside the weights
+  directory). The data pipeline builds `seqio.SentencePieceVocabulary` from
+  it; this module stays free of seqio and TensorFlow.
+  """
+  path = os.path.abspath(os.fspath(path))
+  for d in (path, os.path.dirname(path)):
+    p = os.path.join(d, TOKENIZER)
+    if os.path.isfile(p):
+      return p
+  return None
+
+
+def _flat(tree) -> dict:
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp): x
+          for kp, x in leaves}
+
+
+def load_base_state(path: str, cfg: config_lib.ModelConfig, base_abs: nnx.State,
+                    mesh: jax.sharding.Mesh, rules=sharding.DEFAULT_RULES) -> nnx.State:
+  """Reads an HF or official checkpoint into `base_abs` (abstract base state).
+
+  Returns:
+    The base state with sharded jax.Array values.
+  """
+  kind = detect_layout(path)
+  pure = nnx.to_pure_dict(base_abs)
+  expected = _flat(pure)
+  shardings = _flat(nnx.to_pure_dict(sharding.state_shardings(base_abs, mesh, rules)))
+  reader = {HF: hf_layout, FLAX: flax_layout}.get(kind)
+  if reader is None:
+    raise PretrainedError(f"{path!r} is a {kind} checkpoint; use checkpoints.restore_base")
+  loaded = reader.load(path, cfg, expected, shardings)
+  values = jax.tree_util.tree_map_with_path(
+      lambda kp, _: loaded["/".join(str(getattr(k, "key", getattr(k, "idx", k)))
+                                    for k in kp)], pure)
+  nnx.replace_by_pure_dict(base_abs, values)
+  return base_abs
+
+
+def _init_adapters(cfg, adapter_config, rest_abs, mesh, rules, seed):
+  """Fresh adapter state, jitted into its sharding (the random base is dead code)."""
+  shardings = sharding.state_shardings(rest_abs, mesh, rules)
+
+  def init():
+    model = transformer.Transformer(cfg, adapter_config, rngs=nnx.Rngs(params=seed))
+    return nnx.state(model, nnx.Not(adapters_lib.FROZEN_BASE))
+
+  return jax.jit(init, out_shardings=shardings)()
+
+
+def from_pretrained(path: str, adapter_config: adapters_lib.AdapterConfig | None = None,
+                    mesh: jax.sharding.Mesh | None = None, *,
+                    model: str | config_lib.ModelConfig | None = None,
+                    param_dtype: str | None = None, dtype: str | None = None,
+                    seed: int = 0, rules=sharding.DEFAULT_RULES) -> transformer.Transformer:
+  """Loads a pretrained Gemma (any layout in LAYOUTS) as a sharded mode_jax model.
+
+  Args:
+    path: checkpoint directory (HF, official Flax/Orbax, or mode_jax base).
+    adapter_config: if given, adapters are attached and initialised fresh.
+    mesh: device mesh (default: the first device alone).
+    model: registered config name or ModelConfig instead of the inferred one.
+    param_dtype: "float32" or "bfloat16" (default: the stored dtype).
+    dtype: activation dtype (default: `param_dtype`).
+    seed: adapter initialisation seed (same adapters as `build_model(seed=)`).
+    rules: logical-axis rules.
+
+  Returns:
+    A `Transformer` whose call on int32 tokens [B, L] gives logits [B, L, V].
+  """
+  path = os.fspath(path)
+  cfg = read_config(path, model, param_dtype, dtype)
+  if mesh is None:
+    mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
+  abstract = build.abstract_model(cfg, adapter_config)
+  if detect_layout(path) == BASE:
+    checkpoints.restore_base(path, abstract, mesh, rules)
+  else:
+    base_abs = nnx.state(abstract, adapters_lib.FROZEN_BASE)
+    nnx.update(abstract, load_base_state(path, cfg, base_abs, mesh, rules))
+  rest_abs = nnx.state(abstract, nnx.Not(adapters_lib.FROZEN_BASE))
+  if jax.tree.leaves(rest_abs):
+    nnx.update(abstract, _init_adapters(cfg, adapter_config, rest_abs, mesh, rules, seed))
+  return abstract

@@ -1,0 +1,216 @@
+"""Fine-tune adapters on a SeqIO mixture: `python -m mode_jax.train --gin_file=...`.
+
+Reads top to bottom: data, mesh, model, optimizer, resume, loop, final save.
+The base stays frozen: only adapter variables get gradients and optimizer
+state, and only they (with the optimizer state, step, data position and gin
+config) go into run checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mode_jax import adapters as adapters_lib
+from mode_jax import checkpoints
+from mode_jax import evaluation
+from mode_jax import experiment
+from mode_jax import launch
+from mode_jax import metrics_log
+from mode_jax import optim
+from mode_jax import sharding
+from mode_jax import trainer
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient norm became NaN or infinite."""
+
+
+@gin.configurable(denylist=["hooks"])
+def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
+          mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED, batch_size: int = gin.REQUIRED,
+          adapter: adapters_lib.AdapterConfig | None = None,
+          base_checkpoint: str | None = None,
+          sni_dir: str | None = None, sni: Any = None, vocab_path: str | None = None,
+          allow_missing: bool = False, cache_dir: str | None = None,
+          optimizer: optim.OptimizerConfig = optim.OptimizerConfig(),
+          mesh: sharding.MeshConfig = sharding.MeshConfig(),
+          micro_batches: int = 1, pack: bool = False, prefix_lm: bool = False,
+          seed: int = 0, log_every: int = 10, checkpoint_every: int = 1000,
+          keep_checkpoints: int = 3, async_checkpoint: bool = True,
+          eval_every: int = 0, eval_batch_size: int = 16, max_decode_len: int = 64,
+          eval_tasks: Any = None, hooks: Any = None) -> dict:
+  """Trains and returns a summary (final metrics, steps/s, checkpoint path).
+
+  Args:
+    model_dir: run directory (MODEL_DIR): checkpoints, logs, operative config.
+    model: ModelConfig or config name (MODEL).
+    mixture_or_task_name: seqio mixture or task (MIXTURE_OR_TASK_NAME).
+    task_feature_lengths: {"inputs": N, "targets": M} (TASK_FEATURE_LENGTHS).
+    train_steps: total optimizer steps (TRAIN_STEPS), including resumed ones.
+    batch_size: global batch (BATCH_SIZE), split over processes.
+    adapter: AdapterConfig (ADAPTER); None trains nothing but is allowed for
+      evaluation-only runs.
+    base_checkpoint: base weights (BASE_CHECKPOINT); None only for tiny configs.
+    sni_dir: SNI root (SNI_DIR); registers the SNI tasks when given.
+    sni: data.SniConfig for prompts and splits.
+    micro_batches: gradient accumulation steps within one optimizer step.
+    eval_every: decode-and-score every N steps (0: off).
+    hooks: test hooks, e.g. {"poison_step": k} makes step k's loss NaN.
+  """
+  from mode_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  hooks = dict(hooks or {})
+  if train_steps < 1 or batch_size < 1 or micro_batches < 1 or batch_size % micro_batches:
+    raise ValueError(f"need train_steps >= 1, batch_size >= 1 divisible by micro_batches; got "
+                     f"{train_steps}, {batch_size}, {micro_batches}")
+  if adapter is None:
+    raise ValueError("ADAPTER is required for training (the base is frozen)")
+  registration = _register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir,
+                                task_feature_lengths)
+
+  mesh_ = experiment.make_mesh(mesh)
+  nproc, pid = jax.process_count(), jax.process_index()
+  if batch_size % nproc:
+    raise ValueError(f"BATCH_SIZE={batch_size} must divide over {nproc} processes")
+  model_ = experiment.build_model(model, adapter, mesh_, base_checkpoint=base_checkpoint,
+                                  seed=seed)
+  graphdef, params, astate, frozen = trainer.split_model(model_)
+  tx, schedule = optim.make_optimizer(optimizer, train_steps)
+  state = jax.jit(lambda p, a: trainer.init_state(p, a, tx))(params, astate)
+
+  data = pipeline.BatchIterator(
+      mixture_or_task_name, task_feature_lengths, batch_size // nproc,
+      split="train", shuffle=True, seed=seed, shard_id=pid, num_shards=nproc, pack=pack)
+  ckpt = checkpoints.RunCheckpointer(model_dir, save_interval_steps=checkpoint_every,
+                                     max_to_keep=keep_checkpoints, async_save=async_checkpoint)
+  config_text = launch.write_operative_config(model_dir, "config_start.gin")
+  start = 0
+  if ckpt.latest_step() is not None:
+    state, data_state, _ = ckpt.restore(checkpoints.abstract_like(state))
+    data.restore(data_state)
+    start = int(state["step"])
+    print(f"resumed from {ckpt.directory} at step {start}", flush=True)
+
+  step_fn = None
+  log = metrics_log.MetricsLogger(model_dir, "train")
+  evaluator = _make_evaluator(registration, eval_every, eval_tasks, sni_dir, sni, vocab_path,
+                              allow_missing, task_feature_lengths, max_decode_len,
+                              eval_batch_size, graphdef, mesh_)
+  t_start, t_last, step = time.time(), time.time(), start
+  tokens_since, steps_since, last = 0.0, 0, {}
+  with sharding.use_mesh(mesh_):
+    while step < train_steps:
+      batch = _place(next(data), mesh_, hooks.get("poison_step") == step + 1)
+      if step_fn is None:
+        step_fn = trainer.jit_train_step(
+            trainer.make_train_step(graphdef, tx, schedule, micro_batches=micro_batches,
+                                    prefix_lm=prefix_lm), state, frozen, batch, mesh_)
+      state, metrics = step_fn(state, frozen, batch)
+      step += 1
+      if not bool(metrics["finite"]):
+        ckpt.close()
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} (loss={float(metrics['loss'])}, grad_norm="
+            f"{float(metrics['grad_norm'])}); the update was not applied and the last good "
+            f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is intact")
+      tokens_since += float(metrics["tokens"])
+      steps_since += 1
+      if step == start + 1:
+        config_text = launch.write_operative_config(model_dir)
+      if step % log_every == 0 or step == train_steps:
+        now = time.time()
+        sps = steps_since / max(now - t_last, 1e-9)
+        last = {k: float(v) for k, v in metrics.items() if k not in ("routing", "finite")}
+        last.update(steps_per_sec=sps, tokens_per_sec=tokens_since / max(now - t_last, 1e-9),
+                    eta_sec=(train_steps - step) / max(sps, 1e-9))
+        log.write(step, {**last, "routing": metrics["routing"]},
+                  console_keys=["loss", "learning_rate", "grad_norm", "tokens_per_sec",
+                                "steps_per_sec", "eta_sec", "routing/mean_entropy"])
+        t_last, tokens_since, steps_since = now, 0.0, 0
+      ckpt.save(step, state, data.state(), config_text, force=step == train_steps)
+      if evaluator is not None and (step % eval_every == 0 or step == train_steps):
+        _evaluate(evaluator, graphdef, state, frozen, model_dir, step, log)
+  ckpt.close()
+  log.close()
+  summary = {"step": step, "final": last, "seconds": time.time() - t_start,
+             "checkpoint_dir": ckpt.directory, "latest_checkpoint": ckpt.latest_step(),
+             "params": adapters_lib.count_params(experiment.model_config(model), adapter)}
+  if jax.process_index() == 0:
+    with open(os.path.join(model_dir, "train_summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=str)
+  return summary
+
+
+def _register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir, lengths):
+  if not sni_dir:
+    return None
+  from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
+  from mode_jax.data import tasks  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(sni_dir):
+    raise FileNotFoundError(f"SNI_DIR {sni_dir!r} is not a directory")
+  sni = sni or data_config.SniConfig(max_input_tokens=lengths["inputs"])
+  return tasks.register_sni(sni_dir, sni, vocab_path=vocab_path, cache_dir=cache_dir,
+                            allow_missing=allow_missing)
+
+
+def _place(batch: dict, mesh, poison: bool = False) -> dict:
+  """Per-host numpy batch -> global arrays sharded on ('batch', 'length')."""
+  out = {}
+  for k in trainer.BATCH_KEYS + trainer.OPTIONAL_KEYS:
+    if k not in batch:
+      continue
+    x = np.asarray(batch[k])
+    if k == "decoder_loss_weights":
+      x = x.astype(np.float32)
+      if poison:
+        x = x * np.float32("nan")
+    sh = sharding.named_sharding(("batch", "length"),
+                                 (x.shape[0] * jax.process_count(), x.shape[1]), mesh)
+    out[k] = jax.make_array_from_process_local_data(sh, x)
+  return out
+
+
+def _make_evaluator(registration, eval_every, eval_tasks, sni_dir, sni, vocab_path,
+                    allow_missing, lengths, max_decode_len, batch_size, graphdef, mesh):
+  if not eval_every or registration is None:
+    return None
+  from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
+  from mode_jax.data import tasks  # pylint: disable=g-import-not-at-top
+  from mode_jax.data import vocab  # pylint: disable=g-import-not-at-top
+  sni = sni or data_config.SniConfig(max_input_tokens=lengths["inputs"])
+  names = list(eval_tasks or registration.sni_tasks)
+  examples = tasks.eval_examples(sni_dir, names, sni, vocab_path=vocab_path,
+                                 allow_missing=allow_missing)
+  return evaluation.Evaluator(examples, vocab.get_vocabulary(vocab_path), graphdef,
+                              input_length=lengths["inputs"], max_decode_len=max_decode_len,
+                              batch_size=batch_size, mesh=mesh)
+
+
+def _evaluate(evaluator, graphdef, state, frozen, model_dir, step, log):
+  del graphdef
+  metrics, records = evaluator.evaluate((state["params"], state["adapter_state"], frozen))
+  log.write(step, {"eval": {"rougeL": metrics["overall"]["rougeL"],
+                            "exact_match": metrics["overall"]["exact_match"],
+                            **{f"task/{t}/rougeL": m["rougeL"]
+                               for t, m in metrics["per_task"].items()},
+                            **{f"category/{c}/rougeL": m["rougeL"]
+                               for c, m in metrics["per_category"].items()}}},
+            console_keys=["eval/rougeL", "eval/exact_match"])
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(model_dir, "eval"), exist_ok=True)
+    with open(os.path.join(model_dir, "eval", f"metrics_{step}.json"), "w") as f:
+      json.dump(metrics, f, indent=2)
+  return metrics, records
+
+
+if __name__ == "__main__":
+  launch.parse_and_run(train)

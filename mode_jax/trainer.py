@@ -1,0 +1,127 @@
+"""The train state and the jitted train step.
+
+The train state is a plain pytree (T5X style): step, the trainable adapter
+parameters, the optimizer state over exactly those, and the non-trained
+adapter state (balancing biases). The frozen base is an argument of the
+step, never part of the state, so it gets no gradient, no optimizer slot and
+is never written to a run checkpoint.
+
+Legend: A micro-batches, B batch, L length.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from mode_jax import adapters as adapters_lib
+from mode_jax import losses
+from mode_jax import sharding
+from mode_jax.adapters import balancing
+from mode_jax.adapters import routing
+
+BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+OPTIONAL_KEYS = ("decoder_positions", "decoder_segment_ids", "decoder_causal_attention")
+
+
+def split_model(model: nnx.Module, trainable=adapters_lib.TRAINABLE):
+  """(graphdef, trainable params, adapter state, frozen rest) of a model.
+
+  `trainable` is the adapter type by default; the quickstart's base stage
+  passes `nnx.Param` to train a base model in full.
+  """
+  graphdef, params, adapter_state, frozen = nnx.split(
+      model, trainable, adapters_lib.AdapterState, ...)
+  return graphdef, params, adapter_state, frozen
+
+
+def init_state(params: nnx.State, adapter_state: nnx.State,
+               tx: optax.GradientTransformation) -> dict:
+  return {"step": jnp.zeros((), jnp.int32), "params": params,
+          "opt_state": tx.init(params), "adapter_state": adapter_state}
+
+
+def model_inputs(batch: dict, prefix_lm: bool = False) -> dict:
+  """Model call kwargs from a feature-converted batch."""
+  kw = {"positions_bl": batch.get("decoder_positions"),
+        "segment_ids_bl": batch.get("decoder_segment_ids")}
+  if prefix_lm and "decoder_causal_attention" in batch:
+    kw["bidirectional_mask_bl"] = batch["decoder_causal_attention"]
+  return kw
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callable,
+                    *, micro_batches: int = 1, prefix_lm: bool = False) -> Callable:
+  """Returns train_step(state, frozen, batch) -> (state, metrics); not yet jitted.
+
+  Gradient accumulation splits the batch into `micro_batches` along B and
+  scans over them; the sum of per-token losses is divided by the token count
+  of the whole batch, so the result equals the full-batch gradient. A step
+  whose loss or gradient is not finite leaves the state unchanged and
+  reports `finite = False`.
+  """
+
+  def loss_fn(params, adapter_state, frozen, mb, total_tokens):
+    model = nnx.merge(graphdef, params, adapter_state, frozen)
+    with routing.collect() as stats:
+      logits = model(mb["decoder_input_tokens"], **model_inputs(mb, prefix_lm))
+    mean, ntok = losses.cross_entropy(logits, mb["decoder_target_tokens"],
+                                      mb["decoder_loss_weights"])
+    return mean * ntok / total_tokens, stats
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state, frozen, batch):
+    total = jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
+    params, astate = state["params"], state["adapter_state"]
+    if micro_batches == 1:
+      (loss, stats), grads = grad_fn(params, astate, frozen, batch, total)
+    else:
+      mbs = jax.tree.map(
+          lambda x: x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:]), batch)
+
+      def body(carry, mb):
+        (l, s), g = grad_fn(params, astate, frozen, mb, total)
+        acc_l, acc_g = carry
+        return (acc_l + l, jax.tree.map(jnp.add, acc_g, g)), s
+
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      (loss, grads), stats = jax.lax.scan(body, (jnp.zeros(()), zeros), mbs)
+      stats = jax.tree.map(lambda x: x.mean(0), stats)
+    gnorm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
+           "opt_state": opt_state,
+           "adapter_state": balancing.update(astate, stats)}
+    finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    metrics = {"loss": loss, "grad_norm": gnorm, "learning_rate": schedule(state["step"]),
+               "tokens": total, "finite": finite,
+               "routing": routing.summarize(stats)}
+    return new, metrics
+
+  return train_step
+
+
+def shardings_of(tree: Any, mesh, rules=sharding.DEFAULT_RULES):
+  """NamedShardings for a pytree of nnx.State / arrays (replicated if unnamed)."""
+  return sharding.state_shardings(tree, mesh, rules)
+
+
+def batch_shardings(batch_shapes: dict, mesh, rules=sharding.DEFAULT_RULES) -> dict:
+  return {k: sharding.named_sharding(("batch", "length"), v.shape, mesh, rules)
+          for k, v in batch_shapes.items()}
+
+
+def jit_train_step(train_step, state, frozen, batch_example, mesh,
+                   rules=sharding.DEFAULT_RULES):
+  """jit with shardings by logical axes and the train state donated."""
+  state_sh = shardings_of(state, mesh, rules)
+  frozen_sh = shardings_of(frozen, mesh, rules)
+  batch_sh = batch_shardings(batch_example, mesh, rules)
+  return jax.jit(train_step, in_shardings=(state_sh, frozen_sh, batch_sh),
+                 out_shardings=(state_sh, None), donate_argnums=(0,))
