@@ -14,7 +14,6 @@ import jax
 from flax import nnx
 
 from mode_jax import adapters as adapters_lib
-from mode_jax import checkpoints
 from mode_jax import models
 from mode_jax import sharding
 
@@ -34,29 +33,24 @@ def model_config(model) -> models.ModelConfig:
 def build_model(model, adapter: adapters_lib.AdapterConfig | None,
                 mesh: jax.sharding.Mesh, *, base_checkpoint: str | None = None,
                 seed: int = 0) -> nnx.Module:
-  """The sharded model with its base loaded (or random for tiny configs)."""
+  """The sharded model with its base loaded (or random for tiny configs).
+
+  `base_checkpoint` may be a mode_jax base checkpoint, a Hugging Face
+  safetensors directory or an official Flax/Orbax Gemma directory; the base
+  is read straight into its shardings and only the adapters are initialised.
+  """
   cfg = model_config(model)
   if base_checkpoint:
     if not os.path.exists(base_checkpoint):
       raise FileNotFoundError(f"BASE_CHECKPOINT {base_checkpoint!r} does not exist")
-    if checkpoints.is_base_checkpoint(base_checkpoint):
-      stored = checkpoints.read_base_config(base_checkpoint)
-      if stored.replace(dtype=cfg.dtype, name=cfg.name) != cfg.replace(name=cfg.name):
-        raise ValueError(f"BASE_CHECKPOINT {base_checkpoint!r} holds model {stored}, "
-                         f"but MODEL is {cfg}")
-  model = models.build_sharded(cfg, adapter, mesh, seed=seed)
-  if base_checkpoint:
-    if checkpoints.is_base_checkpoint(base_checkpoint):
-      checkpoints.restore_base(base_checkpoint, model, mesh)
-    else:
-      from mode_jax.models import pretrained  # pylint: disable=g-import-not-at-top
-      pretrained.load_into(base_checkpoint, model, mesh)
-  elif cfg.non_embedding_params() + cfg.embedding_params() > MAX_RANDOM_BASE_PARAMS:
+    from mode_jax.models import pretrained  # pylint: disable=g-import-not-at-top
+    return pretrained.from_pretrained(base_checkpoint, adapter, mesh, model=cfg, dtype=cfg.dtype,
+                                      seed=seed)
+  if cfg.non_embedding_params() + cfg.embedding_params() > MAX_RANDOM_BASE_PARAMS:
     raise ValueError(f"model {cfg.name!r} needs BASE_CHECKPOINT: a random base is only "
                      "allowed for tiny configs")
-  else:
-    logging.warning("no BASE_CHECKPOINT: the base model %s is random", cfg.name)
-  return model
+  logging.warning("no BASE_CHECKPOINT: the base model %s is random", cfg.name)
+  return models.build_sharded(cfg, adapter, mesh, seed=seed)
 
 
 def make_mesh(mesh_config: sharding.MeshConfig | None) -> jax.sharding.Mesh:

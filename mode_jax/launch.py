@@ -34,7 +34,12 @@ def register_configurables() -> None:
   global _REGISTERED
   if _REGISTERED:
     return
+  import importlib  # pylint: disable=g-import-not-at-top
   from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
+  # Entry points register their configurables on import; gin locks the
+  # registry after parsing, so import them all first.
+  for name in ("train", "eval", "infer", "export"):
+    importlib.import_module(f"mode_jax.{name}")
   gin.external_configurable(models.ModelConfig, module="models")
   gin.external_configurable(models.get_config, module="models")
   gin.external_configurable(adapters.AdapterConfig, module="adapters")
@@ -66,12 +71,18 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
   """Parses gin files and bindings; a bad name fails here, naming it."""
   register_configurables()
   gin.clear_config()
-  gin.add_config_file_search_path(CONFIGS_DIR)
+  cwd = os.getcwd()
   try:
-    gin.parse_config_files_and_bindings([_resolve(f) for f in files], list(bindings),
-                                        finalize_config=True)
-  except (ValueError, FileNotFoundError) as e:
+    paths = [os.path.abspath(_resolve(f)) for f in files]
+    # Includes ("include 'models/tiny.gin'") resolve against configs/. gin
+    # tries the working directory first, and a folder there named like a
+    # config folder (runs/, models/) derails its package-resource reader.
+    os.chdir(CONFIGS_DIR)
+    gin.parse_config_files_and_bindings(paths, list(bindings), finalize_config=True)
+  except (ValueError, FileNotFoundError, OSError) as e:
     raise SystemExit(f"gin configuration error: {str(e).splitlines()[0]}") from e
+  finally:
+    os.chdir(cwd)
 
 
 def query(name: str):

@@ -77,6 +77,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   registration = _register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir,
                                 task_feature_lengths)
 
+  _check_vocab(vocab_path, experiment.model_config(model))
   mesh_ = experiment.make_mesh(mesh)
   nproc, pid = jax.process_count(), jax.process_index()
   if batch_size % nproc:
@@ -160,6 +161,15 @@ def _register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir, lengths):
   sni = sni or data_config.SniConfig(max_input_tokens=lengths["inputs"])
   return tasks.register_sni(sni_dir, sni, vocab_path=vocab_path, cache_dir=cache_dir,
                             allow_missing=allow_missing)
+
+
+def _check_vocab(vocab_path, cfg) -> None:
+  """Token ids must index the model's embedding (jnp.take would clamp them)."""
+  from mode_jax.data import vocab  # pylint: disable=g-import-not-at-top
+  size = vocab.get_vocabulary(vocab_path).vocab_size
+  if size > cfg.vocab_size:
+    raise ValueError(f"vocabulary {vocab_path or vocab.default_path(1024)!r} has {size} "
+                     f"pieces but MODEL {cfg.name!r} embeds only {cfg.vocab_size}")
 
 
 def _place(batch: dict, mesh, poison: bool = False) -> dict:

@@ -89,9 +89,12 @@ def canonical(keys: tuple[str, ...]) -> str:
   return "/".join(parts)
 
 
-def _flat_metadata(ckpt: str):
-  """(metadata tree, {canonical name: (shape, dtype)}, {canonical: original name})."""
-  tree = _metadata(ckpt)
+def flatten(tree: Any) -> tuple[dict[str, tuple], dict[str, str]]:
+  """({canonical name: (shape, dtype)}, {canonical: stored name}) of a param tree.
+
+  Leaves are anything with `shape` and `dtype` (arrays, ShapeDtypeStructs,
+  Orbax metadata).
+  """
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
   found, original = {}, {}
   for kp, leaf in leaves:
@@ -99,30 +102,46 @@ def _flat_metadata(ckpt: str):
     name = canonical(keys)
     found[name] = (tuple(leaf.shape), np.dtype(leaf.dtype))
     original[name] = "/".join(keys)
+  return found, original
+
+
+def _flat_metadata(ckpt: str):
+  """(metadata tree, {canonical name: (shape, dtype)}, {canonical: original name})."""
+  tree = _metadata(ckpt)
+  found, original = flatten(tree)
   if any("stacked_layers" in n for n in found):
     raise layout.PretrainedError(f"{ckpt!r} uses the stacked (Gemma 3) layout, which is "
                                  "not supported")
   return tree, found, original
 
 
-def _gating_transposed(found: Mapping[str, tuple], d: int) -> bool:
-  shape = found.get("layer_0/mlp/gating_einsum", ((0, 0, 0),))[0]
-  return len(shape) == 3 and shape[2] == d and shape[1] != d
-
-
 def read_config(path: str, param_dtype: str | None = None) -> config_lib.ModelConfig:
-  """Infers the ModelConfig from the tensor shapes of the official tree.
+  """Infers the ModelConfig from the tensor shapes of the official checkpoint."""
+  ckpt = find_checkpoint(path)
+  _, found, _ = _flat_metadata(ckpt)
+  return infer_config(found, param_dtype, where=ckpt)
+
+
+def infer_config(found: Mapping[str, tuple], param_dtype: str | None = None,
+                 where: str = "") -> config_lib.ModelConfig:
+  """The ModelConfig of an official tree, from its shapes.
 
   Gemma 2 is recognised by its post-norms and gets Gemma 2's fixed options
   (soft-caps 50 / 30, local-global alternation, window 4096).
+
+  Args:
+    found: canonical name -> (shape, dtype), as from `flatten`.
+    param_dtype: "float32" or "bfloat16" (default: the embedding's dtype).
+    where: the checkpoint path, for messages.
   """
-  ckpt = find_checkpoint(path)
-  _, found, _ = _flat_metadata(ckpt)
   shape = lambda n: found[n][0] if n in found else None  # noqa: E731
+
+  def lacks(name):
+    return layout.PretrainedError(f"official checkpoint {where!r} lacks tensor {name!r}")
+
   emb = shape("embedder/input_embedding")
   if emb is None:
-    raise layout.PretrainedError(f"official checkpoint {ckpt!r} lacks tensor "
-                                 "'transformer/embedder/input_embedding'")
+    raise lacks("transformer/embedder/input_embedding")
   v, d = emb
   layers = {n.split("/")[0] for n in found if n.startswith("layer_")}
   qkv = shape("layer_0/attn/qkv_einsum/w")
@@ -132,14 +151,12 @@ def read_config(path: str, param_dtype: str | None = None) -> config_lib.ModelCo
   else:
     q, kv = shape("layer_0/attn/q_einsum/w"), shape("layer_0/attn/kv_einsum/w")
     if q is None or kv is None:
-      raise layout.PretrainedError(f"official checkpoint {ckpt!r} lacks tensor "
-                                   "'layer_0/attn/q_einsum/w' (or qkv_einsum/w)")
+      raise lacks("transformer/layer_0/attn/q_einsum/w (or qkv_einsum/w)")
     h, _, k = q
     n = kv[1]
   linear = shape("layer_0/mlp/linear")
   if linear is None:
-    raise layout.PretrainedError(f"official checkpoint {ckpt!r} lacks tensor "
-                                 "'layer_0/mlp/linear'")
+    raise lacks("transformer/layer_0/mlp/linear")
   kw = dict(name="pretrained", vocab_size=v, num_layers=len(layers), embed_dim=d,
             num_heads=h, num_kv_heads=n, head_dim=k, mlp_dim=linear[0])
   if "layer_0/post_attention_norm/scale" in found:
@@ -150,6 +167,12 @@ def read_config(path: str, param_dtype: str | None = None) -> config_lib.ModelCo
     param_dtype = layout.dtype_name(found["embedder/input_embedding"][1])
   kw.update(param_dtype=param_dtype, dtype=param_dtype)
   return layout.named_config(config_lib.ModelConfig(**kw))
+
+
+def is_gating_transposed(found: Mapping[str, tuple], d: int) -> bool:
+  """Whether `gating_einsum` is stored [2, F, D] (else [2, D, F])."""
+  shape = found.get("layer_0/mlp/gating_einsum", ((0, 0, 0),))[0]
+  return len(shape) == 3 and shape[2] == d and shape[1] != d
 
 
 def rules(cfg: config_lib.ModelConfig, gating_transposed: bool = False) -> list[layout.Rule]:
@@ -198,7 +221,7 @@ def load(path: str, cfg: config_lib.ModelConfig,
   """
   ckpt = find_checkpoint(path)
   tree, found, original = _flat_metadata(ckpt)
-  rs = rules(cfg, _gating_transposed(found, cfg.embed_dim))
+  rs = rules(cfg, is_gating_transposed(found, cfg.embed_dim))
   layout.check_targets(rs, expected)
   try:
     layout.check_tensors("official Flax", ckpt, rs, {n: s for n, (s, _) in found.items()})

@@ -94,10 +94,16 @@ def check_tensors(kind: str, path: str, rules: Sequence[Rule],
         f"{tuple(found[extra[0]])}, which this Gemma config does not use "
         f"({len(extra)} unexpected in all)")
   for name, r in needed.items():
-    if tuple(found[name]) != tuple(r.shape):
+    got = tuple(found[name])
+    if got != tuple(r.shape):
+      hint = ""
+      if r.target == "embedder/input_embedding" and got[1:] == tuple(r.shape[1:]):
+        hint = (f"; the checkpoint's vocabulary has {got[0]} entries, the config's "
+                f"{r.shape[0]} (Hugging Face Gemma stores 256000, the official Flax release "
+                "256128): load with the inferred config (no model name)")
       raise PretrainedError(
-          f"{kind} checkpoint {path!r}: tensor {name!r} has shape {tuple(found[name])}, "
-          f"expected {tuple(r.shape)} (for mode_jax parameter {r.target!r})")
+          f"{kind} checkpoint {path!r}: tensor {name!r} has shape {got}, "
+          f"expected {tuple(r.shape)} (for mode_jax parameter {r.target!r}){hint}")
 
 
 def check_targets(rules: Sequence[Rule], expected: Mapping[str, jax.ShapeDtypeStruct]) -> None:

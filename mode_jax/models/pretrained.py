@@ -67,16 +67,23 @@ def read_config(path: str, model: str | config_lib.ModelConfig | None = None,
       the named config's).
     dtype: activation dtype (default: `param_dtype`).
 
-  A base checkpoint's stored config always wins over `model` and
-  `param_dtype` (only `dtype` applies).
+  A base checkpoint keeps its stored config and parameter dtype (only
+  `dtype` applies); a `model` whose shapes differ from it is an error.
   """
   path = os.fspath(path)
   kind = detect_layout(path)
+  named = model
+  if named is not None and not isinstance(named, config_lib.ModelConfig):
+    named = config_lib.get_config(named)
   if kind == BASE:  # the stored config; only the activation dtype may change
     cfg = checkpoints.read_base_config(path)
+    same = dict(name=cfg.name, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    if named is not None and named.replace(**same) != cfg:
+      raise PretrainedError(f"base checkpoint {path!r} holds model {cfg}, but the requested "
+                            f"model is {named}")
     return cfg.replace(dtype=dtype or cfg.dtype)
-  if model is not None:  # its own dtypes unless overridden
-    cfg = model if isinstance(model, config_lib.ModelConfig) else config_lib.get_config(model)
+  if named is not None:  # its own dtypes unless overridden
+    cfg = named
     cfg = cfg.replace(param_dtype=param_dtype or cfg.param_dtype)
     return cfg.replace(dtype=dtype or (param_dtype or cfg.dtype))
   if kind == HF:
@@ -102,10 +109,14 @@ def tokenizer_path(path: str) -> str | None:
   return None
 
 
+def _name(key_path) -> str:
+  """"layers/0/attn/q/kernel" from a pytree key path."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
+
+
 def _flat(tree) -> dict:
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp): x
-          for kp, x in leaves}
+  return {_name(kp): x for kp, x in leaves}
 
 
 def load_base_state(path: str, cfg: config_lib.ModelConfig, base_abs: nnx.State,
@@ -123,9 +134,7 @@ def load_base_state(path: str, cfg: config_lib.ModelConfig, base_abs: nnx.State,
   if reader is None:
     raise PretrainedError(f"{path!r} is a {kind} checkpoint; use checkpoints.restore_base")
   loaded = reader.load(path, cfg, expected, shardings)
-  values = jax.tree_util.tree_map_with_path(
-      lambda kp, _: loaded["/".join(str(getattr(k, "key", getattr(k, "idx", k)))
-                                    for k in kp)], pure)
+  values = jax.tree_util.tree_map_with_path(lambda kp, _: loaded[_name(kp)], pure)
   nnx.replace_by_pure_dict(base_abs, values)
   return base_abs
 
@@ -155,11 +164,14 @@ def from_pretrained(path: str, adapter_config: adapters_lib.AdapterConfig | None
     model: registered config name or ModelConfig instead of the inferred one.
     param_dtype: "float32" or "bfloat16" (default: the stored dtype).
     dtype: activation dtype (default: `param_dtype`).
-    seed: adapter initialisation seed (same adapters as `build_model(seed=)`).
+    seed: adapter initialisation seed (the random streams of
+      `build_model(seed=)`).
     rules: logical-axis rules.
 
   Returns:
-    A `Transformer` whose call on int32 tokens [B, L] gives logits [B, L, V].
+    A `Transformer` whose call on int32 tokens [B, L] gives float32 logits
+    [B, L, V]; jit its calls inside `sharding.use_mesh(mesh)` so that the
+    activations are sharded too.
   """
   path = os.fspath(path)
   cfg = read_config(path, model, param_dtype, dtype)

@@ -1,0 +1,228 @@
+"""Train / resume / eval / infer / export on the tiny config, through gin."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from mode_jax import adapters
+from mode_jax import checkpoints
+from mode_jax import experiment
+from mode_jax import export as export_lib
+from mode_jax import launch
+from mode_jax import models
+from mode_jax import sharding
+from mode_jax import train as train_lib
+from mode_jax import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SNI = os.path.join(REPO, "data", "sni_sample")
+VOCAB = os.path.join(REPO, "data", "vocab", "sni_sample_512.model")
+TASKS = ("task1146_country_capital", "task1321_country_continent", "task114_is_the_given_word_longest")
+
+
+def _bindings(model_dir, cache_dir, steps, extra=()):
+  return [f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}", "BATCH_SIZE = 8",
+          f"SNI_DIR = '{SNI}'", f"VOCAB_PATH = '{VOCAB}'", "INPUT_LENGTH = 48",
+          "TASK_FEATURE_LENGTHS = {'inputs': 48, 'targets': 8}", "RANK = 4", "EXPERTS = 4",
+          "train.allow_missing = True", f"train.cache_dir = '{cache_dir}'",
+          "train.checkpoint_every = 2", "train.log_every = 1", "train.async_checkpoint = False",
+          "optim.OptimizerConfig.learning_rate = 0.01", "optim.OptimizerConfig.clip_norm = None",
+          *extra]
+
+
+def _train(model_dir, cache_dir, steps, extra=(), **kw):
+  launch.parse_gin(["models/tiny.gin", "adapters/mode.gin", "runs/finetune.gin"],
+                   _bindings(model_dir, cache_dir, steps, extra))
+  return launch.call_configured(lambda: train_lib.train(**kw))
+
+
+def _adapter_weights(model_dir):
+  """The latest checkpoint's adapter parameters as {path: array}."""
+  model = models.build_model(models.get_config("tiny"),
+                             adapters.AdapterConfig(kind="mode", rank=4, num_experts=4))
+  _, params, astate, _ = trainer.split_model(model)
+  ck = checkpoints.RunCheckpointer(model_dir, async_save=False)
+  out = ck.restore_adapters(checkpoints.abstract_like(
+      {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params, "adapter_state": astate}))
+  ck.close()
+  return int(out["step"]), {p: np.asarray(v.get_value()) for p, v in out["params"].flat_state()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("runs")
+  cache = str(root / "cache")
+  straight = str(root / "straight")
+  resumed = str(root / "resumed")
+  summary = _train(straight, cache, 4)
+  _train(resumed, cache, 2)
+  _train(resumed, cache, 4)  # resumes from step 2
+  return {"root": root, "cache": cache, "straight": straight, "resumed": resumed,
+          "summary": summary}
+
+
+@pytest.mark.slow
+def test_train_writes_logs_config_and_checkpoints(runs):
+  d = runs["straight"]
+  assert runs["summary"]["step"] == 4
+  assert os.path.exists(os.path.join(d, "config.gin"))
+  assert "TRAIN_STEPS = 4" in open(os.path.join(d, "config.gin")).read()
+  lines = [json.loads(l) for l in open(os.path.join(d, "train_metrics.jsonl"))]
+  assert [l["step"] for l in lines] == [1, 2, 3, 4]
+  for key in ("loss", "learning_rate", "grad_norm", "tokens_per_sec", "steps_per_sec",
+              "eta_sec", "routing/mean_entropy", "routing/layers/0/attn/q/entropy"):
+    assert key in lines[-1], key
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(d, "train")))
+  steps = checkpoints.RunCheckpointer(d, async_save=False).all_steps()
+  assert steps[-1] == 4 and 2 in steps
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_run(runs):
+  step_a, a = _adapter_weights(runs["straight"])
+  step_b, b = _adapter_weights(runs["resumed"])
+  assert step_a == step_b == 4
+  for path in a:
+    np.testing.assert_allclose(a[path], b[path], rtol=1e-5, atol=1e-7, err_msg=str(path))
+  lines = [json.loads(l) for l in open(os.path.join(runs["resumed"], "train_metrics.jsonl"))]
+  assert [l["step"] for l in lines] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_run_checkpoint_holds_no_base_and_opt_state_only_for_adapters(runs):
+  d = os.path.join(runs["straight"], "checkpoints", "4")
+  items = sorted(os.listdir(d))
+  assert {"adapters", "opt_state", "data", "config"} <= set(items)
+  model = models.build_model(models.get_config("tiny"),
+                             adapters.AdapterConfig(kind="mode", rank=4, num_experts=4))
+  n_adapter = sum(v.size for v in jax.tree.leaves(nnx.state(model, adapters.TRAINABLE)))
+  n_base = sum(v.size for v in jax.tree.leaves(nnx.state(model, adapters.FROZEN_BASE)))
+  from orbax import checkpoint as ocp
+  meta = ocp.StandardCheckpointer().metadata(os.path.join(d, "adapters"))
+  tree = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+  n_saved = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree) if hasattr(x, "shape"))
+  assert n_saved == n_adapter + 1  # + the step counter
+  assert n_saved < n_base / 5
+
+
+@pytest.mark.slow
+def test_frozen_base_is_bit_identical_after_training(tmp_path):
+  cfg = models.get_config("tiny")
+  acfg = adapters.AdapterConfig(kind="mode", rank=4, num_experts=4)
+  mesh = sharding.make_mesh()
+  model = experiment.build_model(cfg, acfg, mesh)
+  before = {p: np.asarray(v.get_value()) for p, v in
+            nnx.state(model, adapters.FROZEN_BASE).flat_state()}
+  import optax
+  from mode_jax import optim
+  graphdef, params, astate, frozen = trainer.split_model(model)
+  tx, sched = optim.make_optimizer(optim.OptimizerConfig(learning_rate=0.1), 3)
+  state = trainer.init_state(params, astate, tx)
+  # Optimizer state covers adapter parameters only.
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  n_opt = sum(x.size for x in jax.tree.leaves(state["opt_state"]))
+  n_base = sum(x.size for x in jax.tree.leaves(frozen))
+  assert n_opt < 3 * n_params < n_base
+  toks = jax.random.randint(jax.random.key(0), (8, 9), 0, cfg.vocab_size)
+  batch = {"decoder_input_tokens": toks[:, :-1], "decoder_target_tokens": toks[:, 1:],
+           "decoder_loss_weights": np.ones((8, 8), np.float32)}
+  with sharding.use_mesh(mesh):
+    step = trainer.jit_train_step(trainer.make_train_step(graphdef, tx, sched), state, frozen,
+                                  batch, mesh)
+    for _ in range(3):
+      state, m = step(state, frozen, batch)
+  after = {p: np.asarray(v.get_value()) for p, v in frozen.flat_state()}
+  assert before.keys() == after.keys()
+  for p in before:
+    np.testing.assert_array_equal(before[p], after[p])
+  moved = [p for p, v in state["params"].flat_state()
+           if not np.array_equal(np.asarray(v.get_value()),
+                                 np.asarray(nnx.state(model, adapters.TRAINABLE)[p].get_value()
+                                            if False else 0))]
+  assert moved and bool(m["finite"])
+  del optax
+
+
+@pytest.mark.slow
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(runs):
+  d = str(runs["root"] / "nan")
+  with pytest.raises(train_lib.NonFiniteLossError, match="non-finite loss at step 3"):
+    _train(d, runs["cache"], 4, hooks={"poison_step": 3})
+  ck = checkpoints.RunCheckpointer(d, async_save=False)
+  assert ck.latest_step() == 2
+  step, w = _adapter_weights(d)
+  assert step == 2 and all(np.isfinite(v).all() for v in w.values())
+
+
+@pytest.mark.slow
+def test_eval_infer_export(runs):
+  d = runs["straight"]
+  from mode_jax import eval as eval_lib
+  launch.parse_gin(["models/tiny.gin", "adapters/mode.gin", "runs/infer.gin"],
+                   _bindings(d, runs["cache"], 4, ["evaluate.allow_missing = True",
+                                                   f"evaluate.tasks = {list(TASKS)}",
+                                                   "evaluate.max_decode_len = 8"]))
+  metrics = launch.call_configured(eval_lib.evaluate)
+  assert metrics["step"] == 4
+  assert set(metrics["per_task"]) == set(TASKS)
+  assert 0 <= metrics["overall"]["rougeL"] <= 100
+  assert metrics["per_category"]
+  preds = [json.loads(l) for l in open(os.path.join(d, "predictions.jsonl"))]
+  assert len(preds) == metrics["num_examples"] > 0
+  assert set(preds[0]) == {"task", "id", "prompt", "prediction", "references", "score"}
+  assert os.path.exists(os.path.join(d, "eval", "validation_metrics_4.json"))
+
+  out = export_lib.export(model_dir=d, model="tiny",
+                          adapter=adapters.AdapterConfig(kind="mode", rank=4, num_experts=4),
+                          export_dir=str(runs["root"] / "export"))
+  manifest = json.load(open(os.path.join(out, "manifest.json")))
+  assert manifest["method"]["kind"] == "mode" and manifest["step"] == 4
+  assert "TRAIN_STEPS = 4" in manifest["gin_config"]
+  assert any(k.endswith("lora_b") for k in manifest["shapes"])
+  with pytest.raises(ValueError, match="merge=True needs a LoRA"):
+    export_lib.export(model_dir=d, model="tiny",
+                      adapter=adapters.AdapterConfig(kind="mode", rank=4, num_experts=4),
+                      merge=True)
+
+
+def test_lora_merge_equals_adapter_forward():
+  cfg = models.get_config("tiny")
+  model = models.build_model(cfg, adapters.AdapterConfig(kind="lora", rank=4, b_init_scale=0.1,
+                                                         targets=("q", "o", "down")))
+  toks = jax.random.randint(jax.random.key(0), (2, 7), 0, cfg.vocab_size)
+  with_adapter = model(toks)
+  export_lib.merge_lora(model)
+  base = models.build_model(cfg, None)
+  nnx.update(base, nnx.state(model, adapters.FROZEN_BASE))
+  np.testing.assert_allclose(base(toks), with_adapter, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_gin_fails_naming_the_culprit(tmp_path):
+  with pytest.raises(SystemExit, match="trian"):
+    launch.parse_gin(["runs/finetune.gin"], ["trian.train_steps = 3"])
+  with pytest.raises(SystemExit, match="trian_steps"):
+    launch.parse_gin(["runs/finetune.gin"], ["train.trian_steps = 3"])
+  with pytest.raises(SystemExit, match="MODEL_DIR"):
+    launch.parse_gin(["models/tiny.gin", "adapters/mode.gin", "runs/finetune.gin"], [])
+  with pytest.raises(SystemExit, match="not found"):
+    launch.parse_gin(["runs/nope.gin"], [])
+  with pytest.raises(SystemExit, match="train_steps"):
+    launch.parse_gin([], ["train.model_dir = 'x'"])
+    launch.call_configured(train_lib.train)
+
+
+def test_bad_checkpoint_paths_fail_clearly(tmp_path):
+  mesh = sharding.make_mesh()
+  with pytest.raises(FileNotFoundError, match="BASE_CHECKPOINT .*does not exist"):
+    experiment.build_model("tiny", None, mesh, base_checkpoint=str(tmp_path / "missing"))
+  (tmp_path / "junk").mkdir()
+  with pytest.raises(Exception, match="junk"):
+    experiment.build_model("tiny", None, mesh, base_checkpoint=str(tmp_path / "junk"))
+  with pytest.raises(ValueError, match="needs BASE_CHECKPOINT"):
+    experiment.build_model("gemma_2b", None, mesh)
+  with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+    checkpoints.RunCheckpointer(str(tmp_path / "empty"), async_save=False).restore_adapters({})
