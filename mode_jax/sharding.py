@@ -52,20 +52,27 @@ def make_mesh(data: int = -1, fsdp: int = 1, model: int = 1,
   """Builds a (data, fsdp, model) mesh with automatic axis types.
 
   Args:
-    data: data-parallel size; -1 takes all devices left over.
+    data: data-parallel size.
     fsdp: fully sharded data-parallel size.
     model: tensor-parallel size.
     devices: devices to use (default: all).
+    One of the three may be -1: it takes all devices left over.
 
   Returns:
     A `jax.sharding.Mesh` with axes `MESH_AXES`.
   """
   devices = list(devices if devices is not None else jax.devices())
   n = len(devices)
-  if data == -1:
-    if n % (fsdp * model):
-      raise ValueError(f"mesh fsdp={fsdp} x model={model} does not divide {n} devices")
-    data = n // (fsdp * model)
+  sizes = {"data": data, "fsdp": fsdp, "model": model}
+  free = [k for k, v in sizes.items() if v == -1]
+  if len(free) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
+  if free:
+    rest = math.prod(v for k, v in sizes.items() if k != free[0])
+    if n % rest:
+      raise ValueError(f"mesh {sizes} does not divide {n} devices")
+    sizes[free[0]] = n // rest
+  data, fsdp, model = sizes["data"], sizes["fsdp"], sizes["model"]
   if data * fsdp * model != n:
     raise ValueError(
         f"mesh data={data} x fsdp={fsdp} x model={model} != {n} devices")
@@ -189,11 +196,12 @@ class MeshConfig:
   model: int = 1
 
   def __post_init__(self):
-    for f in ("fsdp", "model"):
-      if getattr(self, f) < 1:
-        raise ValueError(f"MeshConfig.{f} must be >= 1, got {getattr(self, f)}")
-    if self.data == 0 or self.data < -1:
-      raise ValueError(f"MeshConfig.data must be -1 or >= 1, got {self.data}")
+    for f in ("data", "fsdp", "model"):
+      v = getattr(self, f)
+      if not isinstance(v, int) or v == 0 or v < -1:
+        raise ValueError(f"MeshConfig.{f} must be -1 or >= 1, got {v!r}")
+    if [self.data, self.fsdp, self.model].count(-1) > 1:
+      raise ValueError(f"MeshConfig: at most one axis may be -1, got {self}")
 
   def build(self) -> Mesh:
     return make_mesh(self.data, self.fsdp, self.model)
