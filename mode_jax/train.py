@@ -106,6 +106,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   evaluator = _make_evaluator(registration, eval_every, eval_tasks, sni_dir, sni, vocab_path,
                               allow_missing, task_feature_lengths, max_decode_len,
                               eval_batch_size, graphdef, mesh_)
+  eval_log = metrics_log.MetricsLogger(model_dir, "eval") if evaluator else None
   t_start, t_last, step = time.time(), time.time(), start
   tokens_since, steps_since, last = 0.0, 0, {}
   with sharding.use_mesh(mesh_):
@@ -139,9 +140,11 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
         t_last, tokens_since, steps_since = now, 0.0, 0
       ckpt.save(step, state, data.state(), config_text, force=step == train_steps)
       if evaluator is not None and (step % eval_every == 0 or step == train_steps):
-        _evaluate(evaluator, graphdef, state, frozen, model_dir, step, log)
+        _evaluate(evaluator, state, frozen, model_dir, step, eval_log)
   ckpt.close()
   log.close()
+  if evaluator is not None:
+    eval_log.close()
   summary = {"step": step, "final": last, "seconds": time.time() - t_start,
              "checkpoint_dir": ckpt.directory, "latest_checkpoint": ckpt.latest_step(),
              "params": adapters_lib.count_params(experiment.model_config(model), adapter)}
@@ -205,16 +208,15 @@ def _make_evaluator(registration, eval_every, eval_tasks, sni_dir, sni, vocab_pa
                               batch_size=batch_size, mesh=mesh)
 
 
-def _evaluate(evaluator, graphdef, state, frozen, model_dir, step, log):
-  del graphdef
+def _evaluate(evaluator, state, frozen, model_dir, step, log):
   metrics, records = evaluator.evaluate((state["params"], state["adapter_state"], frozen))
-  log.write(step, {"eval": {"rougeL": metrics["overall"]["rougeL"],
+  log.write(step, {"validation": {"rougeL": metrics["overall"]["rougeL"],
                             "exact_match": metrics["overall"]["exact_match"],
                             **{f"task/{t}/rougeL": m["rougeL"]
                                for t, m in metrics["per_task"].items()},
                             **{f"category/{c}/rougeL": m["rougeL"]
                                for c, m in metrics["per_category"].items()}}},
-            console_keys=["eval/rougeL", "eval/exact_match"])
+            console_keys=["validation/rougeL", "validation/exact_match"])
   if jax.process_index() == 0:
     os.makedirs(os.path.join(model_dir, "eval"), exist_ok=True)
     with open(os.path.join(model_dir, "eval", f"metrics_{step}.json"), "w") as f:

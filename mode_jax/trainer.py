@@ -100,7 +100,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
     finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     metrics = {"loss": loss, "grad_norm": gnorm, "learning_rate": schedule(state["step"]),
-               "tokens": total, "finite": finite,
+               "target_tokens": total,
+               "tokens": jnp.sum(batch["decoder_target_tokens"] != 0).astype(jnp.float32),
+               "finite": finite,
                "routing": routing.summarize(stats)}
     return new, metrics
 

@@ -58,7 +58,9 @@ def runs(tmp_path_factory):
   cache = str(root / "cache")
   straight = str(root / "straight")
   resumed = str(root / "resumed")
-  summary = _train(straight, cache, 4)
+  summary = _train(straight, cache, 4, [
+      "train.eval_every = 4", "train.max_decode_len = 4", "train.eval_batch_size = 8",
+      f"train.eval_tasks = {list(TASKS[:1])}"])
   _train(resumed, cache, 2)
   _train(resumed, cache, 4)  # resumes from step 2
   return {"root": root, "cache": cache, "straight": straight, "resumed": resumed,
@@ -77,6 +79,10 @@ def test_train_writes_logs_config_and_checkpoints(runs):
               "eta_sec", "routing/mean_entropy", "routing/layers/0/attn/q/entropy"):
     assert key in lines[-1], key
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(d, "train")))
+  periodic = json.load(open(os.path.join(d, "eval", "metrics_4.json")))
+  assert list(periodic["per_task"]) == [TASKS[0]]
+  evals = [json.loads(l) for l in open(os.path.join(d, "eval_metrics.jsonl"))]
+  assert [e["step"] for e in evals] == [4] and "validation/rougeL" in evals[0]
   steps = checkpoints.RunCheckpointer(d, async_save=False).all_steps()
   assert steps[-1] == 4 and 2 in steps
 

@@ -51,6 +51,9 @@ class AdapterConfig:
       if not isinstance(p, int) or p < 1 or self.rank % p:
         raise ValueError(
             f"AdapterConfig.expert_rank={p!r} must be a positive divisor of rank={self.rank}")
+    elif self.expert_rank != 1:
+      raise ValueError(f"AdapterConfig.expert_rank={self.expert_rank!r} applies to kind='mode' "
+                       f"only; leave it at 1 for kind={self.kind!r}")
     targets = tuple(self.targets)
     object.__setattr__(self, "targets", targets)
     bad = [t for t in targets if t not in TARGETS]

@@ -1,0 +1,223 @@
+"""From sweep points to commands, and three ways to run them.
+
+Every point is a `Job`: its MODEL_DIR (`<root>/<point.name>`), gin files
+(the experiment's, then `adapters/<method>.gin`) and gin bindings (MODEL_DIR,
+BASE_CHECKPOINT, the point's macros, then the user's). A job is two entry
+point calls, train and eval (through `mode_jax.experiments.entry`), with the
+same flags.
+
+Backends:
+  local  runs the jobs one after another as subprocesses (logs in
+         `<MODEL_DIR>/train.log`, `eval.log`), skipping finished points.
+  print  prints the commands (a shell script).
+  tpu    one `gcloud compute tpus tpu-vm ssh NAME --zone Z --worker=all
+         --command '...'` per point (train then eval with --multihost on
+         every worker of a VM or pod slice), run dir on a gs:// bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+import shlex
+import subprocess
+import sys
+import time
+from typing import Callable, Sequence
+
+from mode_jax.experiments import points as points_lib
+from mode_jax.experiments import rundirs
+
+# Relative paths in the gin files (SNI_DIR) are relative to the repository.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# `python -m mode_jax.train` fails with "Ambiguous selector 'train'" (see
+# entry.py); the entry module runs the same functions with the same flags.
+ENTRY_MODULE = "mode_jax.experiments.entry"
+TRAIN_MODULE = "train"
+EVAL_MODULE = "eval"
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One point of a sweep, resolved into a run directory and gin flags."""
+  point: points_lib.Point
+  model_dir: str
+  gin_files: tuple[str, ...]
+  bindings: tuple[str, ...]
+
+  def to_json(self) -> dict:
+    return {"name": self.point.name, "label": self.point.label, "point": self.point.to_json(),
+            "model_dir": self.model_dir, "gin_files": list(self.gin_files),
+            "bindings": list(self.bindings)}
+
+
+def join(root: str, name: str) -> str:
+  """Path join that keeps bucket paths (gs://...) intact."""
+  return posixpath.join(root, name) if "://" in root else os.path.join(root, name)
+
+
+def make_job(point: points_lib.Point, root: str, gin_files: Sequence[str],
+             bindings: Sequence[str] = (), base_checkpoint: str | None = None,
+             targets: Sequence[str] | None = None) -> Job:
+  """The job of `point` under `root`.
+
+  Args:
+    point: the sweep point.
+    root: sweep directory (local path or gs:// bucket path).
+    gin_files: experiment gin files, before the point's adapter gin file.
+    bindings: extra gin bindings, applied last (they override the point's).
+    base_checkpoint: BASE_CHECKPOINT (None: the gin files' value).
+    targets: TARGETS (None: the adapter gin file's).
+  """
+  model_dir = join(root, point.name)
+  out = [f"MODEL_DIR = {points_lib.gin_value(model_dir)}"]
+  if base_checkpoint:
+    out.append(f"BASE_CHECKPOINT = {points_lib.gin_value(base_checkpoint)}")
+  out += point.gin_bindings(targets)
+  out += list(bindings)
+  return Job(point, model_dir, tuple(gin_files) + (point.gin_file(),), tuple(out))
+
+
+def entry_argv(entry: str, job: Job, python: str = "python", multihost: bool = False,
+               extra: Sequence[str] = ()) -> list[str]:
+  """`python -m mode_jax.experiments.entry <entry> [--multihost] --gin_file=... --gin_bindings=...`."""
+  argv = [python, "-m", ENTRY_MODULE, entry] + (["--multihost"] if multihost else [])
+  argv += [f"--gin_file={f}" for f in job.gin_files]
+  argv += [f"--gin_bindings={b}" for b in tuple(job.bindings) + tuple(extra)]
+  return argv
+
+
+def commands(job: Job, python: str = "python", multihost: bool = False,
+             skip_eval: bool = False) -> list[list[str]]:
+  """The train (and eval) argv lists of a job."""
+  out = [entry_argv(TRAIN_MODULE, job, python, multihost)]
+  if not skip_eval:
+    out.append(entry_argv(EVAL_MODULE, job, python, multihost))
+  return out
+
+
+def print_jobs(jobs: Sequence[Job], python: str = "python", skip_eval: bool = False,
+               out: Callable[[str], None] = print) -> None:
+  """Prints every job's commands, one shell line each."""
+  for job in jobs:
+    out(f"# {job.point.label} (seed {job.point.seed}) -> {job.model_dir}")
+    for argv in commands(job, python, skip_eval=skip_eval):
+      out(shlex.join(argv))
+
+
+def finished(model_dir: str, skip_eval: bool = False) -> bool:
+  return rundirs.train_done(model_dir) if skip_eval else rundirs.is_finished(model_dir)
+
+
+def run_local(jobs: Sequence[Job], python: str = sys.executable, resume: bool = True,
+              skip_eval: bool = False, fail_fast: bool = False,
+              log: Callable[[str], None] = print, env: dict | None = None) -> list[dict]:
+  """Runs the jobs one after another as subprocesses.
+
+  Finished points (train summary and eval metrics present) are skipped when
+  `resume`; a point with a summary but no metrics is only evaluated; an
+  interrupted training resumes from its latest checkpoint (train.py does).
+
+  Returns:
+    Per job {"name", "status": "skipped" | "done" | "failed", "seconds"}.
+  """
+  env = dict(os.environ if env is None else env)
+  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  results = []
+  for i, job in enumerate(jobs):
+    head = f"[{i + 1}/{len(jobs)}] {job.point.name}"
+    if resume and finished(job.model_dir, skip_eval):
+      log(f"{head}: finished, skipped")
+      results.append({"name": job.point.name, "status": "skipped", "seconds": 0.0})
+      continue
+    os.makedirs(job.model_dir, exist_ok=True)
+    rundirs.write_json(os.path.join(job.model_dir, rundirs.POINT_FILE), job.to_json())
+    times = rundirs.read_json(os.path.join(job.model_dir, rundirs.TIMES_FILE), {})
+    status, t0 = "done", time.time()
+    steps = [("train", commands(job, python, skip_eval=True)[0], rundirs.train_done)]
+    if not skip_eval:
+      steps.append(("eval", commands(job, python)[1], rundirs.eval_done))
+    for kind, argv, done in steps:
+      if resume and done(job.model_dir):
+        continue
+      log(f"{head}: {kind} (log: {os.path.join(job.model_dir, kind + '.log')})")
+      t = time.time()
+      with open(os.path.join(job.model_dir, f"{kind}.log"), "a") as f:
+        rc = subprocess.call(argv, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+      times[f"{kind}_seconds"] = time.time() - t
+      rundirs.write_json(os.path.join(job.model_dir, rundirs.TIMES_FILE), times)
+      if rc:
+        status = "failed"
+        log(f"{head}: {kind} FAILED (exit {rc}); see {job.model_dir}/{kind}.log")
+        break
+    results.append({"name": job.point.name, "status": status, "seconds": time.time() - t0})
+    log(f"{head}: {status} in {time.time() - t0:.0f}s")
+    if status == "failed" and fail_fast:
+      break
+  return results
+
+
+def tpu_command(job: Job, tpu: str, zone: str, workdir: str = "~/mode_jax",
+                python: str = "python3", project: str | None = None,
+                skip_eval: bool = False) -> list[str]:
+  """The gcloud argv that runs one job on every worker of a TPU VM / pod slice.
+
+  `workdir` (the repository on the workers) is used as given, so `~` expands
+  on the worker; the entry point argv is shell-quoted inside `--command`.
+  """
+  inner = " && ".join([f"cd {workdir}"] + [
+      shlex.join(a) for a in commands(job, python, multihost=True, skip_eval=skip_eval)])
+  argv = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu, "--zone", zone, "--worker=all"]
+  if project:
+    argv += ["--project", project]
+  return argv + ["--command", inner]
+
+
+def run_tpu(jobs: Sequence[Job], tpu: str, zone: str, workdir: str = "~/mode_jax",
+            python: str = "python3", project: str | None = None, dry_run: bool = True,
+            resume: bool = True, skip_eval: bool = False,
+            log: Callable[[str], None] = print) -> list[list[str]]:
+  """Runs (or, with dry_run, only prints) each job's gcloud command in turn.
+
+  Resume checks read the bucket through `tf.io.gfile`; a dry run does not
+  touch the bucket and lists every point.
+
+  Returns:
+    The gcloud argv lists (run or to be run).
+  """
+  cmds = []
+  for job in jobs:
+    if not dry_run and resume and _remote_finished(job.model_dir, skip_eval):
+      log(f"# {job.point.name}: finished, skipped")
+      continue
+    argv = tpu_command(job, tpu, zone, workdir, python, project, skip_eval)
+    cmds.append(argv)
+    log(shlex.join(argv))
+    if not dry_run:
+      _remote_write_point(job)
+      rc = subprocess.call(argv)
+      if rc:
+        log(f"# {job.point.name}: FAILED (exit {rc})")
+  return cmds
+
+
+def _remote_finished(model_dir: str, skip_eval: bool) -> bool:
+  if "://" not in model_dir:
+    return finished(model_dir, skip_eval)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  summary = tf.io.gfile.exists(join(model_dir, rundirs.SUMMARY_FILE))
+  if skip_eval or not summary:
+    return summary
+  return bool(tf.io.gfile.glob(join(model_dir, "eval/validation_metrics_*.json")))
+
+
+def _remote_write_point(job: Job) -> None:
+  import json  # pylint: disable=g-import-not-at-top
+  if "://" not in job.model_dir:
+    rundirs.write_json(os.path.join(job.model_dir, rundirs.POINT_FILE), job.to_json())
+    return
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.io.gfile.makedirs(job.model_dir)
+  with tf.io.gfile.GFile(join(job.model_dir, rundirs.POINT_FILE), "w") as f:
+    f.write(json.dumps(job.to_json(), indent=2))
