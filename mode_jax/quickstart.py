@@ -86,7 +86,7 @@ def main(argv=None):
   ap.add_argument("--gin_file", action="append", default=None)
   ap.add_argument("--gin_bindings", action="append", default=[])
   ap.add_argument("--model_dir", default=os.path.join("work_dirs", "quickstart"))
-  ap.add_argument("--base_steps", type=int, default=400)
+  ap.add_argument("--base_steps", type=int, default=300)
   args = ap.parse_args(sys.argv[1:] if argv is None else argv)
   t0 = time.time()
   bindings = [f"MODEL_DIR = '{args.model_dir}'"] + args.gin_bindings

@@ -167,3 +167,18 @@ def test_importing_models_and_adapters_does_not_import_tensorflow():
           "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'seqio')]; "
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bfloat16_activations_track_float32():
+  cfg = models.get_config("tiny")
+  acfg = adapters.AdapterConfig(kind="mode", rank=4, num_experts=4, b_init_scale=0.05)
+  f32 = models.build_model(cfg, acfg, seed=7)
+  bf16 = models.build_model(cfg.replace(dtype="bfloat16"), acfg, seed=7)
+  toks = _tokens(cfg)
+  out32, out16 = f32(toks), bf16(toks)
+  assert out16.dtype == jnp.float32  # logits are computed in float32
+  assert bf16.layers[0].attn.q.kernel.get_value().dtype == jnp.float32  # params stay f32
+  np.testing.assert_allclose(out16, out32, atol=0.15, rtol=0.05)
+  p32 = jax.nn.softmax(out32, -1)
+  p16 = jax.nn.softmax(out16, -1)
+  assert float(jnp.abs(p32 - p16).sum(-1).max()) < 0.1
