@@ -63,6 +63,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
   of the whole batch, so the result equals the full-batch gradient. A step
   whose loss or gradient is not finite leaves the state unchanged and
   reports `finite = False`.
+
+  Adapters may record a load-balancing loss through `routing.collect`
+  ("aux_loss" with its "aux_weight", e.g. MoDE top-k): the optimised loss is
+  cross-entropy + sum of aux_weight * aux_loss (each micro-batch adds 1/A of
+  its own). `loss` reports the cross-entropy alone and `aux_loss` the
+  weighted term (0 when none is recorded). Balancing biases (FlyLoRA, SMoRA)
+  are updated after the optimizer step by `balancing.update` from the
+  selection counts, summed over micro-batches.
   """
 
   def loss_fn(params, adapter_state, frozen, mb, total_tokens):
@@ -71,7 +79,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
       logits = model(mb["decoder_input_tokens"], **model_inputs(mb, prefix_lm))
     mean, ntok = losses.cross_entropy(logits, mb["decoder_target_tokens"],
                                       mb["decoder_loss_weights"])
-    return mean * ntok / total_tokens, stats
+    ce = mean * ntok / total_tokens
+    aux = routing.aux_loss(stats) / micro_batches
+    return ce + aux, (stats, ce, aux)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -79,27 +89,32 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
     total = jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
     params, astate = state["params"], state["adapter_state"]
     if micro_batches == 1:
-      (loss, stats), grads = grad_fn(params, astate, frozen, batch, total)
+      (_, (stats, loss, aux)), grads = grad_fn(params, astate, frozen, batch, total)
     else:
       mbs = jax.tree.map(
           lambda x: x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:]), batch)
 
       def body(carry, mb):
-        (l, s), g = grad_fn(params, astate, frozen, mb, total)
-        acc_l, acc_g = carry
-        return (acc_l + l, jax.tree.map(jnp.add, acc_g, g)), s
+        (_, (s, l, a)), g = grad_fn(params, astate, frozen, mb, total)
+        acc_l, acc_a, acc_g = carry
+        return (acc_l + l, acc_a + a, jax.tree.map(jnp.add, acc_g, g)), s
 
       zeros = jax.tree.map(jnp.zeros_like, params)
-      (loss, grads), stats = jax.lax.scan(body, (jnp.zeros(()), zeros), mbs)
-      stats = jax.tree.map(lambda x: x.mean(0), stats)
+      (loss, aux, grads), stats = jax.lax.scan(
+          body, (jnp.zeros(()), jnp.zeros(()), zeros), mbs)
+      # Selection counts add up over the batch (exact in float32, so the
+      # sign rule sees exact ties); everything else is a per-batch mean.
+      stats = jax.tree_util.tree_map_with_path(
+          lambda path, x: x.sum(0) if path[-1].key == "counts" else x.mean(0), stats)
     gnorm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
            "opt_state": opt_state,
            "adapter_state": balancing.update(astate, stats)}
-    finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    finite = jnp.isfinite(loss) & jnp.isfinite(aux) & jnp.isfinite(gnorm)
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-    metrics = {"loss": loss, "grad_norm": gnorm, "learning_rate": schedule(state["step"]),
+    metrics = {"loss": loss, "aux_loss": aux, "grad_norm": gnorm,
+               "learning_rate": schedule(state["step"]),
                "target_tokens": total,
                "tokens": jnp.sum(batch["decoder_target_tokens"] != 0).astype(jnp.float32),
                "finite": finite,

@@ -1,4 +1,4 @@
-"""The adapter family: LoRA, MoLoRA, MoLoRA-SD and MoDE (see METHODS.md).
+"""The adapter family: LoRA, MoLoRA, MoLoRA-SD, MoDE, FlyLoRA and SMoRA (METHODS.md).
 
 Public API:
   AdapterConfig, make_adapter, count_params, AdapterParam, AdapterState,
@@ -10,9 +10,11 @@ from __future__ import annotations
 from flax import nnx
 
 from mode_jax.adapters import counting
+from mode_jax.adapters import flylora
 from mode_jax.adapters import lora
 from mode_jax.adapters import mode
 from mode_jax.adapters import molora
+from mode_jax.adapters import smora
 from mode_jax.adapters.config import KINDS, TARGETS, AdapterConfig
 from mode_jax.adapters.counting import count_params
 from mode_jax.adapters.variables import ADAPTER, FROZEN_BASE, TRAINABLE, AdapterParam, AdapterState
@@ -41,4 +43,8 @@ def make_adapter(cfg: AdapterConfig, in_features: int, out_features: int,
     return molora.MoLoRA(cfg, in_features, out_features, rngs, shared_down=True, **kw)
   if cfg.kind == "mode":
     return mode.MoDE(cfg, in_features, out_features, rngs, **kw)
+  if cfg.kind == "flylora":
+    return flylora.FlyLoRA(cfg, in_features, out_features, rngs, **kw)
+  if cfg.kind == "smora":
+    return smora.SMoRA(cfg, in_features, out_features, rngs, **kw)
   raise ValueError(f"unknown adapter kind {cfg.kind!r}; allowed: {KINDS}")

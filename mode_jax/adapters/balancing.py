@@ -6,7 +6,9 @@ its name through `routing.collect` (c: per-column selection counts of the
 batch). After the optimizer update the train step calls `update`, which
 applies d_i += u * sign(mean(c) - c_i) (FlyLoRA / SMoRA). Only training calls
 it: evaluation and decoding never touch the biases. Adapters without biases
-make this the identity.
+make this the identity. With gradient accumulation the train step sums the
+counts over micro-batches (integers, exact in float32, so ties keep sign 0).
+Counts cover every token position the adapter sees, padding included.
 """
 
 from __future__ import annotations

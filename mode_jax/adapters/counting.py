@@ -12,8 +12,18 @@ from mode_jax.adapters import config as config_lib
 
 
 def per_matrix(cfg: config_lib.AdapterConfig, p: int, q: int) -> dict[str, int]:
-  """Trainable and frozen adapter parameters of one adapted P x Q matrix."""
+  """Trainable and frozen adapter parameters of one adapted P x Q matrix.
+
+  "frozen" counts adapter weights that are stored but never trained:
+  FlyLoRA's random `lora_a`, P * R elements stored dense (of which
+  round(rho * P) * R are non-zero). Balancing biases (R) and FlyLoRA's seed
+  are non-trained state, not weights, and are counted in neither.
+  """
   r, e = cfg.rank, cfg.num_experts
+  if cfg.kind == "flylora":
+    return {"trainable": r * q, "frozen": p * r}
+  if cfg.kind == "smora":
+    return {"trainable": r * p + r * q + p * r, "frozen": 0}
   if cfg.kind == "lora":
     trainable = r * (p + q)
   elif cfg.kind == "molora":
@@ -36,7 +46,8 @@ def count_params(model_config: Any, adapter_config: config_lib.AdapterConfig) ->
     adapter_config: the adapter configuration.
 
   Returns:
-    {"per_target": {t: {"P", "Q", "per_layer", "trainable", "frozen"}},
+    {"per_target": {t: {"P", "Q", "per_layer", "frozen_per_layer", "trainable",
+                        "frozen"}},
      "trainable": int, "frozen": int, "base_non_embedding": int,
      "percent_of_base": float}
   """
@@ -47,6 +58,7 @@ def count_params(model_config: Any, adapter_config: config_lib.AdapterConfig) ->
     p, q = shapes[t]
     c = per_matrix(adapter_config, p, q)
     per_target[t] = {"P": p, "Q": q, "per_layer": c["trainable"],
+                     "frozen_per_layer": c["frozen"],
                      "trainable": c["trainable"] * layers, "frozen": c["frozen"] * layers}
   trainable = sum(v["trainable"] for v in per_target.values())
   frozen = sum(v["frozen"] for v in per_target.values())

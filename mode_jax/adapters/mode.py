@@ -12,6 +12,17 @@ plain matmul u[T, E*R] @ lora_b.reshape(E*R, Q): XLA:CPU ran the same
 einsum with two contracting dimensions (j, e) 2-3x slower at Q = 16384
 (transposes of lora_b and of its gradient; benchmarks/adapter_layer.py).
 
+Optional top-k (cfg.top_k = k < E): each (token, group) keeps its k largest
+softmax gates, renormalised to sum to one (the softmax over the kept
+logits; ties go to the lower expert index), and the other gates are zero.
+The contraction is the same dense u @ lora_b with zeros in u: on CPU it
+runs in the time of dense MoDE, 2.5-7x faster than gathering the k*R
+selected rows of lora_b per token (a [T, k*R, Q] tensor, 2 GiB at T = 4096,
+Q = 16384; benchmarks/adapter_layer.py), so top-k saves no time here. With aux_loss_weight
+> 0 the Switch-style balancing loss E * sum_e f_e P_e (mean over groups) is
+recorded for the train step to add. top_k None or = E is dense MoDE, by
+the same code path as before.
+
 Legend: D input features (P), F output features (Q), R rank, G groups,
 E experts, p expert rank.
 """
@@ -37,6 +48,9 @@ class MoDE(nnx.Module):
     self.scale = cfg.scale
     self.name = name
     self.expert_rank = cfg.expert_rank
+    # None: dense MoDE (top_k None or = E), the unchanged code path.
+    self.top_k = cfg.top_k if cfg.sparse_experts else None
+    self.aux_loss_weight = cfg.aux_loss_weight
     self.lora_a = variables.AdapterParam(
         lora.init_normal(rngs, (in_features, r), cfg.a_init_scale),
         logical_axes=(in_axis, "rank"))
@@ -48,8 +62,12 @@ class MoDE(nnx.Module):
         logical_axes=(in_axis, "groups", "expert"))
 
   def gates(self, x_td: jax.Array) -> jax.Array:
-    """float32 gates [..., G, E]."""
-    return routing.softmax_gates(x_td, self.router[...])
+    """float32 gates [..., G, E] (zero off the top-k when top_k < E)."""
+    if self.top_k is None:
+      return routing.softmax_gates(x_td, self.router[...])
+    logits_tge = jnp.einsum("...d,dge->...ge", x_td.astype(jnp.float32),
+                            self.router[...].astype(jnp.float32))
+    return routing.topk_softmax_gates(logits_tge, self.top_k)[0]
 
   def __call__(self, x_td: jax.Array) -> jax.Array:
     r, (g, e) = self.lora_a.shape[-1], self.router.shape[-2:]
@@ -63,8 +81,13 @@ class MoDE(nnx.Module):
     hl_tk = jnp.einsum("...d,dk->...k", x_td.astype(jnp.float32), a_dk)
     lead = hl_tk.shape[:-1]
     h_tgp = hl_tk[..., :r].reshape(*lead, g, p)
-    w_tge = jax.nn.softmax(hl_tk[..., r:].reshape(*lead, g, e), axis=-1)
-    routing.record(self.name, w_tge)
+    if self.top_k is None:
+      w_tge = jax.nn.softmax(hl_tk[..., r:].reshape(*lead, g, e), axis=-1)
+      routing.record(self.name, w_tge)
+    else:
+      w_tge, aux = routing.topk_softmax_gates(hl_tk[..., r:].reshape(*lead, g, e), self.top_k)
+      extra = dict(aux_loss=aux, aux_weight=self.aux_loss_weight) if self.aux_loss_weight else {}
+      routing.record(self.name, w_tge, **extra)
     # u[t, e, j] = w[t, g(j), e] h[t, j], expert-major so that (e, j) flattens
     # to the row index of lora_b viewed as [E*R, F] (a free reshape).
     u_tegp = jnp.swapaxes(w_tge, -1, -2)[..., :, :, None] * h_tgp[..., None, :, :]

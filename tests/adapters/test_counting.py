@@ -115,3 +115,59 @@ def test_gemma_2b_qkvo_counts(name):
   built = sum(_built(cfg, *mc.target_shapes()[t]) for t in cfg.targets) * mc.num_layers
   assert built == want
   print(f"gemma_2b q,k,v,o {name}: {want:,} added = {got['percent_of_base']:.4f}% of base")
+
+
+# FlyLoRA: only lora_b trains; the dense stored projection counts as frozen.
+# SMoRA: lora_a, lora_b and the router [P, R] train.
+RANKWISE = [("flylora", 12, 10, 8, 3), ("flylora", 2048, 256, 32, 8),
+            ("smora", 12, 10, 8, 3), ("smora", 2048, 2048, 64, 8)]
+
+
+def _built_state(cfg, P, Q, var_type):
+  module = nnx.eval_shape(lambda: adapters.make_adapter(cfg, P, Q, nnx.Rngs(0)))
+  return {"/".join(map(str, p)): math.prod(v.shape)
+          for p, v in nnx.state(module, var_type).flat_state()}
+
+
+@pytest.mark.parametrize("kind,P,Q,R,k", RANKWISE)
+def test_rankwise_per_matrix(kind, P, Q, R, k):
+  cfg = adapters.AdapterConfig(kind=kind, rank=R, top_k=k)
+  want = {"flylora": {"trainable": R * Q, "frozen": P * R},
+          "smora": {"trainable": 2 * R * P + R * Q, "frozen": 0}}[kind]
+  assert counting.per_matrix(cfg, P, Q) == want
+  assert _built(cfg, P, Q) == want["trainable"]
+  state = _built_state(cfg, P, Q, adapters.AdapterState)
+  # Non-trained state: the bias (R), and FlyLoRA's frozen projection and seed.
+  want_state = {"bias": R} | ({"lora_a": P * R, "seed": 2} if kind == "flylora" else {})
+  assert state == want_state
+  assert state.get("lora_a", 0) == want["frozen"]
+
+
+@pytest.mark.parametrize("kind", ["flylora", "smora"])
+def test_rankwise_count_params(kind):
+  mc = model_config.get_config("tiny")
+  cfg = adapters.AdapterConfig(kind=kind, rank=8, top_k=2, targets=("q", "v", "down"))
+  got = adapters.count_params(mc, cfg)
+  shapes = mc.target_shapes()
+  trainable = frozen = 0
+  for t in cfg.targets:
+    P, Q = shapes[t]
+    c = counting.per_matrix(cfg, P, Q)
+    assert got["per_target"][t]["per_layer"] == c["trainable"]
+    assert got["per_target"][t]["frozen_per_layer"] == c["frozen"]
+    trainable += c["trainable"] * mc.num_layers
+    frozen += c["frozen"] * mc.num_layers
+  assert (got["trainable"], got["frozen"]) == (trainable, frozen)
+  assert (frozen > 0) == (kind == "flylora")
+  assert got["percent_of_base"] == pytest.approx(100 * trainable / mc.non_embedding_params())
+
+
+def test_rankwise_gemma_2b_published_defaults():
+  """q,k,v,o of Gemma 2B: sum P = 8192, sum Q = 4608 per layer, 18 layers."""
+  mc = model_config.get_config("gemma_2b")
+  fly = adapters.count_params(mc, adapters.AdapterConfig(kind="flylora", rank=32, top_k=8))
+  assert fly["trainable"] == 18 * 32 * 4608 and fly["frozen"] == 18 * 32 * 8192
+  smora = adapters.count_params(mc, adapters.AdapterConfig(kind="smora", rank=64, top_k=8))
+  assert smora["trainable"] == 18 * 64 * (2 * 8192 + 4608)
+  mode = adapters.AdapterConfig(kind="mode", rank=4, num_experts=16, top_k=2)
+  assert adapters.count_params(mc, mode)["trainable"] == 15_335_424  # top-k adds nothing

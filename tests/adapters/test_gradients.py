@@ -136,3 +136,18 @@ def test_mode_has_no_token_rank_out_intermediate(p):
   # ...which computes the same delta (alpha / R = 2).
   np.testing.assert_allclose(np.asarray(fwd(params, x)),
                              2.0 * np.asarray(_naive_mode(params, x, p)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(kind="mode", num_experts=E, top_k=2, aux_loss_weight=0.1),
+                                dict(kind="mode", num_experts=E, expert_rank=2, top_k=1),
+                                dict(kind="flylora", top_k=2), dict(kind="smora", top_k=2)],
+                         ids=lambda kw: f"{kw['kind']}-k{kw['top_k']}")
+def test_topk_kinds_have_no_token_rank_out_intermediate(kw):
+  """Top-k masks stay [T, R] / [T, G, E]: no gathered [T, k*R, Q] rows of lora_b."""
+  cfg = adapters.AdapterConfig(rank=R, b_init_scale=0.5, router_init_scale=0.5, **kw)
+  module = adapters.make_adapter(cfg, P, Q, nnx.Rngs(0))
+  loss, params = _loss_fn(module)
+  x = _x()
+  bwd_shapes = _all_shapes(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params, x))
+  assert (B, L, Q) in bwd_shapes
+  assert not _has_trq(bwd_shapes), sorted(set(bwd_shapes))

@@ -51,3 +51,32 @@ def test_names_shapes_types_axes(kind, p, in_axis, out_axis):
     assert tuple(got) == axes, name
     assert len(got) == len(shape) and set(got) <= ALLOWED_AXES
     sharding.logical_to_spec(got)  # every name has a rule
+
+
+@pytest.mark.parametrize("in_axis,out_axis", [("embed", "heads"), ("heads", "embed"),
+                                              ("embed", "mlp"), (None, None)])
+@pytest.mark.parametrize("kind", ["flylora", "smora"])
+def test_rankwise_names_shapes_types_axes(kind, in_axis, out_axis):
+  """FlyLoRA: lora_b trains; lora_a, seed, bias are AdapterState. SMoRA: bias only."""
+  cfg = adapters.AdapterConfig(kind=kind, rank=R, top_k=2)
+  module = nnx.eval_shape(lambda: adapters.make_adapter(
+      cfg, P, Q, nnx.Rngs(0), in_axis=in_axis, out_axis=out_axis))
+  trained = {"lora_b": ((R, Q), ("rank", out_axis))}
+  state = {"bias": ((R,), ("rank",))}
+  if kind == "smora":
+    trained.update(lora_a=((P, R), (in_axis, "rank")), router=((P, R), (in_axis, "rank")))
+  else:
+    state.update(lora_a=((P, R), (in_axis, "rank")), seed=((2,), (None,)))
+  assert set(nnx.state(module, adapters.AdapterParam).keys()) == set(trained)
+  assert set(nnx.state(module, adapters.AdapterState).keys()) == set(state)
+  assert len(nnx.state(module, adapters.FROZEN_BASE)) == 0
+  for names, var_type in ((trained, adapters.AdapterParam), (state, adapters.AdapterState)):
+    for name, (shape, axes) in names.items():
+      v = getattr(module, name)
+      assert type(v) is var_type, name
+      assert tuple(v.shape) == shape, name
+      assert str(v.dtype) == ("uint32" if name == "seed" else "float32"), name
+      got = v.get_metadata().get("logical_axes")
+      assert tuple(got) == axes, name
+      assert set(got) <= ALLOWED_AXES
+      sharding.logical_to_spec(got)
