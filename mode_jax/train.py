@@ -135,8 +135,9 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
         last.update(steps_per_sec=sps, tokens_per_sec=tokens_since / max(now - t_last, 1e-9),
                     eta_sec=(train_steps - step) / max(sps, 1e-9))
         log.write(step, {**last, "routing": metrics["routing"]},
-                  console_keys=["loss", "aux_loss", "learning_rate", "grad_norm", "tokens_per_sec",
-                                "steps_per_sec", "eta_sec", "routing/mean_entropy"])
+                  console_keys=["loss", "aux_loss", "learning_rate", "grad_norm",
+                                "tokens_per_sec", "steps_per_sec", "eta_sec",
+                                "routing/mean_entropy"])
         t_last, tokens_since, steps_since = now, 0.0, 0
       ckpt.save(step, state, data.state(), config_text, force=step == train_steps)
       if evaluator is not None and (step % eval_every == 0 or step == train_steps):

@@ -77,15 +77,12 @@ class FlyLoRA(nnx.Module):
     self.bias = variables.AdapterState(jnp.zeros((r,), jnp.float32), logical_axes=("rank",))
 
   def __call__(self, x_td: jax.Array) -> jax.Array:
-    r = self.lora_a.shape[-1]
     # float32 h: the selection compares h across columns.
     a_dr = jax.lax.stop_gradient(self.lora_a[...].astype(jnp.float32))
     h_tr = jnp.einsum("...d,dr->...r", x_td.astype(jnp.float32), a_dr)
     d_r = jax.lax.stop_gradient(self.bias[...].astype(jnp.float32))
     mask_tr = routing.topk_mask(h_tr + d_r, self.top_k)
-    counts_r = mask_tr.reshape(-1, r).sum(0)
-    routing.record(self.name, None, counts=counts_r, rate=self.bias_rate,
-                   load=counts_r / jnp.maximum(counts_r.sum(), 1.0))
+    routing.record_selection(self.name, mask_tr, self.bias_rate)
     b_rf = self.lora_b[...].astype(x_td.dtype)
     dy_tf = jnp.einsum("...r,rf->...f", (h_tr * mask_tr).astype(x_td.dtype), b_rf)
     return (self.scale * dy_tf).astype(x_td.dtype)

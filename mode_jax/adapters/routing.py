@@ -113,6 +113,18 @@ def record(name: str, w_tge: jax.Array | None, **extra: jax.Array) -> None:
   stats[key] = entry
 
 
+def record_selection(name: str, mask_tr: jax.Array, rate: float) -> None:
+  """Records the per-column selection counts of a top-k mask [..., R].
+
+  The counts and the bias `rate` drive `balancing.update`; the normalised
+  counts are logged as the load.
+  """
+  r = mask_tr.shape[-1]
+  counts_r = mask_tr.reshape(-1, r).sum(0)
+  record(name, None, counts=counts_r, rate=rate,
+         load=counts_r / jnp.maximum(counts_r.sum(), 1.0))
+
+
 def aux_loss(stats: dict) -> jax.Array:
   """sum over adapters of aux_weight * aux_loss (0.0 when none is recorded)."""
   terms = [s["aux_weight"] * s["aux_loss"] for s in stats.values() if "aux_loss" in s]

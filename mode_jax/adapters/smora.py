@@ -73,9 +73,7 @@ class SMoRA(nnx.Module):
     hl_tk = jnp.einsum("...d,dk->...k", x_td.astype(jnp.float32), a_dk)
     h_tr, logits_tr = hl_tk[..., :r], hl_tk[..., r:]
     g_tr, mask_tr = self._gates(logits_tr)
-    counts_r = mask_tr.reshape(-1, r).sum(0)
-    routing.record(self.name, None, counts=counts_r, rate=self.bias_rate,
-                   load=counts_r / jnp.maximum(counts_r.sum(), 1.0))
+    routing.record_selection(self.name, mask_tr, self.bias_rate)
     b_rf = self.lora_b[...].astype(x_td.dtype)
     dy_tf = jnp.einsum("...r,rf->...f", (g_tr * h_tr).astype(x_td.dtype), b_rf)
     return (self.scale * dy_tf).astype(x_td.dtype)
