@@ -15,8 +15,11 @@ import re
 import sys
 from typing import Callable, Sequence
 
-import gin
-import jax
+# Quiet TensorFlow's C++ start-up logs (the data pipeline imports it).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import gin  # noqa: E402
+import jax  # noqa: E402
 
 from mode_jax import adapters
 from mode_jax import models
@@ -37,9 +40,15 @@ def register_configurables() -> None:
   import importlib  # pylint: disable=g-import-not-at-top
   from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
   # Entry points register their configurables on import; gin locks the
-  # registry after parsing, so import them all first.
+  # registry after parsing, so import them all first. The one running as
+  # `python -m mode_jax.<name>` is `__main__`: alias it rather than import a
+  # second copy, which would register its configurable twice.
+  main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
   for name in ("train", "eval", "infer", "export"):
-    importlib.import_module(f"mode_jax.{name}")
+    module = f"mode_jax.{name}"
+    if main_spec is not None and main_spec.name == module:
+      sys.modules.setdefault(module, sys.modules["__main__"])
+    importlib.import_module(module)
   gin.external_configurable(models.ModelConfig, module="models")
   gin.external_configurable(models.get_config, module="models")
   gin.external_configurable(adapters.AdapterConfig, module="adapters")
