@@ -71,9 +71,9 @@ def make_job(point: points_lib.Point, root: str, gin_files: Sequence[str],
     targets: TARGETS (None: the adapter gin file's).
   """
   model_dir = join(root, point.name)
-  out = [f"MODEL_DIR = {points_lib.gin_value(model_dir)}"]
+  out = [f"MODEL_DIR={points_lib.gin_value(model_dir)}"]
   if base_checkpoint:
-    out.append(f"BASE_CHECKPOINT = {points_lib.gin_value(base_checkpoint)}")
+    out.append(f"BASE_CHECKPOINT={points_lib.gin_value(base_checkpoint)}")
   out += point.gin_bindings(targets)
   out += list(bindings)
   return Job(point, model_dir, tuple(gin_files) + (point.gin_file(),), tuple(out))
@@ -81,7 +81,8 @@ def make_job(point: points_lib.Point, root: str, gin_files: Sequence[str],
 
 def entry_argv(entry: str, job: Job, python: str = "python", multihost: bool = False,
                extra: Sequence[str] = ()) -> list[str]:
-  """`python -m mode_jax.experiments.entry <entry> [--multihost] --gin_file=... --gin_bindings=...`."""
+  """`python -m mode_jax.experiments.entry <entry> [--multihost] --gin_file=...
+  --gin_bindings=...` (one flag per file and binding)."""
   argv = [python, "-m", ENTRY_MODULE, entry] + (["--multihost"] if multihost else [])
   argv += [f"--gin_file={f}" for f in job.gin_files]
   argv += [f"--gin_bindings={b}" for b in tuple(job.bindings) + tuple(extra)]

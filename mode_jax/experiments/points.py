@@ -20,9 +20,11 @@ from typing import Any, Iterable, Mapping, Sequence
 from mode_jax import adapters as adapters_lib
 
 DEFAULT_TARGETS = ("q", "k", "v", "o")
+PRETTY = {"lora": "LoRA", "molora": "MoLoRA", "molora_sd": "MoLoRA-SD", "mode": "MoDE",
+          "flylora": "FlyLoRA", "smora": "SMoRA"}
 # Methods whose configs take no experts (m) or no expert rank (p).
-NO_EXPERTS = ("lora",)
-NO_EXPERT_RANK = ("lora", "molora", "molora_sd")
+NO_EXPERTS = ("lora", "flylora", "smora")
+NO_EXPERT_RANK = ("lora", "molora", "molora_sd", "flylora", "smora")
 
 
 def gin_value(v: Any) -> str:
@@ -56,7 +58,9 @@ class Point:
     seed: train.seed (adapter initialisation and data order).
     bindings: extra gin bindings as (name, value) pairs, e.g.
       (("MIXTURE_OR_TASK_NAME", "sni_task1146_country_capital"),).
-    tag: appended to the run name (e.g. the task of a single-task run).
+    tag: appended to the run name (e.g. the task of a single-task run); the
+      name does not show `bindings`, so points that differ only there need
+      distinct tags.
   """
   method: str
   rank: int
@@ -86,8 +90,7 @@ class Point:
   @property
   def label(self) -> str:
     """The paper's notation: `MoDE 16x4`, `MoDE 12x16x8`, `LoRA 64`."""
-    pretty = {"lora": "LoRA", "molora": "MoLoRA", "molora_sd": "MoLoRA-SD",
-              "mode": "MoDE"}.get(self.method, self.method)
+    pretty = PRETTY.get(self.method, self.method)
     if self.experts is None:
       return f"{pretty} {self.rank}"
     if self.expert_rank in (None, 1):
@@ -98,18 +101,21 @@ class Point:
     return f"adapters/{self.method}.gin"
 
   def gin_bindings(self, targets: Sequence[str] | None = None) -> list[str]:
-    """Bindings of this point (macros of its adapter gin file, lr, seed, extras)."""
-    out = [f"RANK = {self.rank}"]
+    """Bindings of this point (macros of its adapter gin file, lr, seed, extras).
+
+    Written without spaces (`RANK=4`) so that most need no shell quoting.
+    """
+    out = [f"RANK={self.rank}"]
     if self.experts is not None:
-      out.append(f"EXPERTS = {self.experts}")
+      out.append(f"EXPERTS={self.experts}")
     if self.expert_rank is not None:
-      out.append(f"EXPERT_RANK = {self.expert_rank}")
+      out.append(f"EXPERT_RANK={self.expert_rank}")
     if targets is not None:
-      out.append(f"TARGETS = {gin_value(tuple(targets))}")
+      out.append(f"TARGETS={gin_value(tuple(targets))}")
     if self.lr is not None:
-      out.append(f"optim.OptimizerConfig.learning_rate = {self.lr!r}")
-    out.append(f"train.seed = {self.seed}")
-    out += [f"{k} = {gin_value(v)}" for k, v in self.bindings]
+      out.append(f"optim.OptimizerConfig.learning_rate={self.lr!r}")
+    out.append(f"train.seed={self.seed}")
+    out += [f"{k}={gin_value(v)}" for k, v in self.bindings]
     return out
 
   def adapter_config(self, targets: Sequence[str] = DEFAULT_TARGETS):

@@ -89,6 +89,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         ],
         "seeds": [0, 1],
     },
+    "cpu_rankwise": {
+        # Rank-wise mixtures (METHODS.md extensions) beside LoRA and MoDE at the
+        # cpu_compare budget; FlyLoRA's frozen sparse lora_a is not counted in
+        # the budget (count_params reports it as "frozen").
+        "doc": "Tiny base: LoRA, FlyLoRA (k=8), SMoRA (k=8), MoDE 8x4 at matched trainable "
+               "parameters, 2 seeds.",
+        "model": "tiny_quickstart", "gin_files": CPU_GIN, "base": "quickstart",
+        "budget": CPU_BUDGET,
+        "points": [
+            {"method": "lora", "rank": 4, "vary": "rank"},
+            {"method": "flylora", "rank": 32, "vary": "rank", "bindings": {"TOP_K": 8}},
+            {"method": "smora", "rank": 32, "vary": "rank", "bindings": {"TOP_K": 8}},
+            {"method": "mode", "experts": 8, "rank": 4, "expert_rank": 1},
+        ],
+        "seeds": [0, 1],
+    },
     "cpu_ablation": {
         "doc": "Tiny base: MoDE experts x rank grid (heat-map input), 1 seed.",
         "model": "tiny_quickstart", "gin_files": CPU_GIN, "base": "quickstart",

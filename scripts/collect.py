@@ -1,0 +1,72 @@
+"""Gather a sweep's metrics into one table (CSV, Markdown) and two plots (PNG).
+
+  python scripts/collect.py work_dirs/cpu_compare            # -> ROOT/results.*
+  python scripts/collect.py work_dirs/cpu_compare --out /tmp/report
+
+Reads every run directory under ROOT (point.json, train_summary.json, the
+latest eval/validation_metrics_<step>.json) and writes:
+  results.csv / results.md    one row per run: method, m, R, p, trainable
+                              parameters, % added, ROUGE-L overall and per
+                              category, exact match, steps, wall time
+  summary.md                  mean and std of ROUGE-L over seeds per setting
+  heatmap_<method>.png        ROUGE-L over experts x rank (methods with m)
+  rougeL_vs_params.png        ROUGE-L against % added parameters per method
+Runs without metrics yet are listed with empty cells. Seconds, no model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mode_jax.experiments import plots  # noqa: E402
+from mode_jax.experiments import tables  # noqa: E402
+
+SUMMARY_COLUMNS = ("label", "lr", "seeds", "trainable", "percent_added", "rougeL_mean",
+                   "rougeL_std", "exact_match_mean")
+
+
+def collect(root: str, out: str | None = None) -> dict:
+  """Writes the table files and plots; returns {"rows", "summary", "files"}."""
+  out = out or root
+  os.makedirs(out, exist_ok=True)
+  rows = tables.collect(root)
+  summary = tables.mean_over_seeds(rows)
+  files = {"csv": os.path.join(out, "results.csv"), "md": os.path.join(out, "results.md"),
+           "summary": os.path.join(out, "summary.md")}
+  tables.write_csv(rows, files["csv"])
+  with open(files["md"], "w") as f:
+    f.write(tables.markdown(rows))
+  with open(files["summary"], "w") as f:
+    f.write(tables.markdown(summary, SUMMARY_COLUMNS))
+  for method in sorted({r["method"] for r in rows if r["m"] is not None}):
+    path = os.path.join(out, f"heatmap_{method}.png")
+    if plots.heatmap(rows, path, method):
+      files[f"heatmap_{method}"] = path
+  path = os.path.join(out, "rougeL_vs_params.png")
+  if plots.versus_params(rows, path):
+    files["versus_params"] = path
+  return {"rows": rows, "summary": summary, "files": files}
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("root", help="sweep directory (scripts/sweep.py --root)")
+  ap.add_argument("--out", default=None, help="output directory (default: ROOT)")
+  args = ap.parse_args(argv)
+  res = collect(args.root, args.out)
+  if not res["rows"]:
+    print(f"no runs under {args.root}")
+    return 1
+  print(tables.markdown(res["summary"], SUMMARY_COLUMNS))
+  for k, v in res["files"].items():
+    print(f"{k}: {v}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
