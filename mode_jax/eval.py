@@ -67,7 +67,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
     reg = tasks_lib.register_sni(sni_dir, sni, vocab_path=vocab_path,
                                  allow_missing=allow_missing,
                                  split="test" if split == "test" else "train")
-    tasks = reg.sni_tasks
+    tasks = reg.selected
   examples = tasks_lib.eval_examples(sni_dir, list(tasks), sni, split=split,
                                      vocab_path=vocab_path, allow_missing=allow_missing)
   ev = evaluation.Evaluator(examples, vocab.get_vocabulary(vocab_path), graphdef,

@@ -201,7 +201,7 @@ def _make_evaluator(registration, eval_every, eval_tasks, sni_dir, sni, vocab_pa
   from mode_jax.data import tasks  # pylint: disable=g-import-not-at-top
   from mode_jax.data import vocab  # pylint: disable=g-import-not-at-top
   sni = sni or data_config.SniConfig(max_input_tokens=lengths["inputs"])
-  names = list(eval_tasks or registration.sni_tasks)
+  names = list(eval_tasks or registration.selected)
   examples = tasks.eval_examples(sni_dir, names, sni, vocab_path=vocab_path,
                                  allow_missing=allow_missing)
   return evaluation.Evaluator(examples, vocab.get_vocabulary(vocab_path), graphdef,

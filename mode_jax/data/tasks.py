@@ -124,12 +124,15 @@ class SniRegistration:
     mixtures: {"train" | "case_study" | "test": seqio mixture name}.
     missing: requested tasks whose file is absent (allow_missing).
     non_english: tasks dropped by the English filter.
+    selected: the SNI names of the main selection (the tasks of the "train"
+      mixture), without the case-study and test-split extras.
   """
   tasks: tuple[str, ...]
   sni_tasks: tuple[str, ...]
   mixtures: dict
   missing: tuple[str, ...] = ()
   non_english: tuple[str, ...] = ()
+  selected: tuple[str, ...] = ()
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -222,7 +225,7 @@ def register_sni(sni_dir: str | os.PathLike, cfg: SniConfig = SniConfig(),
     logging.warning("SNI: registered %d tasks; %d requested tasks missing (allow_missing)",
                     len(registered), len(missing))
   return SniRegistration(tuple(registered.values()), tuple(registered), mixtures,
-                         tuple(missing), tuple(non_english))
+                         tuple(missing), tuple(non_english), tuple(sel.names))
 
 
 def eval_examples(sni_dir: str | os.PathLike, task_names: Sequence[str],

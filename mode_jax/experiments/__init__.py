@@ -2,8 +2,8 @@
 
 Reusable logic of `scripts/` (sweeps, tables, statistics, analyses). Nothing
 imports TensorFlow at import time (the TPU backend's bucket checks and the
-analyses import it lazily); gin stays in the scripts, `entry.py` and the
-`.gin` files they name.
+analyses import it lazily); gin stays in the scripts and the `.gin` files
+they name.
 
 Modules:
   points     Point (one run of a sweep), grids, adapter configs, counts,
@@ -18,5 +18,4 @@ Modules:
   plots      heat map over experts x rank, ROUGE-L against added parameters.
   restore    a run's settings (from point.json), adapter weights and model.
   base       the cached tiny quickstart base of CPU sweeps.
-  entry      `python -m mode_jax.experiments.entry train|eval ...`.
 """

@@ -3,8 +3,8 @@
 Every point is a `Job`: its MODEL_DIR (`<root>/<point.name>`), gin files
 (the experiment's, then `adapters/<method>.gin`) and gin bindings (MODEL_DIR,
 BASE_CHECKPOINT, the point's macros, then the user's). A job is two entry
-point calls, train and eval (through `mode_jax.experiments.entry`), with the
-same flags.
+point calls, `python -m mode_jax.train` and `python -m mode_jax.eval`, with
+the same flags.
 
 Backends:
   local  runs the jobs one after another as subprocesses (logs in
@@ -31,9 +31,6 @@ from mode_jax.experiments import rundirs
 
 # Relative paths in the gin files (SNI_DIR) are relative to the repository.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# `python -m mode_jax.train` fails with "Ambiguous selector 'train'" (see
-# entry.py); the entry module runs the same functions with the same flags.
-ENTRY_MODULE = "mode_jax.experiments.entry"
 TRAIN_MODULE = "train"
 EVAL_MODULE = "eval"
 
@@ -81,9 +78,9 @@ def make_job(point: points_lib.Point, root: str, gin_files: Sequence[str],
 
 def entry_argv(entry: str, job: Job, python: str = "python", multihost: bool = False,
                extra: Sequence[str] = ()) -> list[str]:
-  """`python -m mode_jax.experiments.entry <entry> [--multihost] --gin_file=...
-  --gin_bindings=...` (one flag per file and binding)."""
-  argv = [python, "-m", ENTRY_MODULE, entry] + (["--multihost"] if multihost else [])
+  """`python -m mode_jax.<entry> [--multihost] --gin_file=... --gin_bindings=...`
+  (one flag per file and binding)."""
+  argv = [python, "-m", f"mode_jax.{entry}"] + (["--multihost"] if multihost else [])
   argv += [f"--gin_file={f}" for f in job.gin_files]
   argv += [f"--gin_bindings={b}" for b in tuple(job.bindings) + tuple(extra)]
   return argv

@@ -47,6 +47,12 @@ def test_full_sample_registration_with_mixtures(tmp_path):
   assert len(seqio.get_mixture_or_task("fsni_case_study").tasks) == 10
   assert len(seqio.get_mixture_or_task("fsni_test").tasks) == 4
   assert "task269_csrg_counterfactual_story_generation" in reg.missing
+  # The main selection (what evaluation scores by default) is the train
+  # split only: no test-split tasks ride along with the extra mixtures.
+  assert len(reg.selected) == 20 and "task036_qasc_topic_word_to_generate_related_fact" \
+      not in reg.selected and "task036_qasc_topic_word_to_generate_related_fact" in reg.sni_tasks
+  assert sorted(m.name for m in seqio.get_mixture_or_task("fsni_train").tasks) == sorted(
+      tasks.task_registry_name(t, "fsni") for t in reg.selected)
   with pytest.raises(FileNotFoundError, match="allow_missing"):
     tasks.register_sni(SAMPLE, cache_dir=str(tmp_path), prefix="fsni")
   assert not os.listdir(tmp_path)  # Registration is lazy: nothing prepared yet.

@@ -13,7 +13,7 @@ GIN = "experiments/sweep_gemma_2b.gin"
 
 
 def _inner(entry, name):
-  return (f"python3 -m mode_jax.experiments.entry {entry} --multihost --gin_file={GIN} "
+  return (f"python3 -m mode_jax.{entry} --multihost --gin_file={GIN} "
           f"--gin_file=adapters/mode.gin "
           f"'--gin_bindings=MODEL_DIR=\"gs://bkt/sweeps/{name}\"' "
           f"'--gin_bindings=BASE_CHECKPOINT=\"gs://bkt/gemma_2b\"' "
@@ -41,7 +41,7 @@ def test_tpu_dry_run_exact_commands(scripts, capsys):
     # What each worker's shell runs: exactly the entry points' argv.
     cmds = shlex.split(inner.split(" && ", 1)[1])
     train = cmds[:cmds.index("&&")]
-    assert train[:6] == ["python3", "-m", "mode_jax.experiments.entry", "train", "--multihost",
+    assert train[:5] == ["python3", "-m", "mode_jax.train", "--multihost",
                          f"--gin_file={GIN}"]
     assert f'--gin_bindings=MODEL_DIR="gs://bkt/sweeps/{name}"' in train
 
@@ -51,7 +51,7 @@ def test_tpu_command_with_project_and_no_eval():
   argv = backends.tpu_command(job, "v5", "europe-west4-a", project="proj", skip_eval=True)
   assert argv[:11] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "v5", "--zone",
                        "europe-west4-a", "--worker=all", "--project", "proj"]
-  assert argv[-1].count("mode_jax.experiments.entry") == 1
+  assert argv[-1].count("mode_jax.train") == 1
   assert "adapters/lora.gin" in argv[-1] and "EXPERTS" not in argv[-1]
 
 
@@ -67,8 +67,8 @@ def test_print_backend(scripts, capsys, tmp_path):
                                   "mode_m2_R4_p1_s1")]
   cmds = [shlex.split(l) for l in lines if not l.startswith("#")]
   assert len(cmds) == 8
-  assert cmds[0][:4] == ["python", "-m", "mode_jax.experiments.entry", "train"]
-  assert cmds[1][3] == "eval"
+  assert cmds[0][:3] == ["python", "-m", "mode_jax.train"]
+  assert cmds[1][2] == "mode_jax.eval"
   assert "--gin_bindings=EXPERTS=2" not in cmds[0] and "--gin_bindings=EXPERTS=2" in cmds[4]
   assert "--gin_bindings=train.seed=1" in cmds[2]
   assert not os.listdir(tmp_path)  # printing has no side effects
@@ -77,7 +77,7 @@ def test_print_backend(scripts, capsys, tmp_path):
 def test_resume_skips_finished_points(tmp_path):
   calls = tmp_path / "calls.txt"
   fake_python = tmp_path / "fakepy"
-  fake_python.write_text(f"#!/bin/sh\necho \"$3\" >> {calls}\n")
+  fake_python.write_text(f"#!/bin/sh\necho \"${{2#mode_jax.}}\" >> {calls}\n")
   fake_python.chmod(fake_python.stat().st_mode | stat.S_IEXEC)
   root = tmp_path / "sweep"
   pts = [points_lib.Point("mode", 4, 2, 1), points_lib.Point("mode", 4, 4, 1),
