@@ -38,7 +38,6 @@ import seqio  # noqa: E402
 
 from mode_jax.data import config  # noqa: E402
 from mode_jax.data import pipeline  # noqa: E402
-from mode_jax.data import sni  # noqa: E402
 from mode_jax.data import tasks  # noqa: E402
 
 LENGTHS = {"inputs": 896, "targets": 128}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import jax
@@ -25,6 +24,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from mode_jax import adapters as adapters_lib
+from mode_jax import files
 from mode_jax import sharding
 from mode_jax.models import config as config_lib
 
@@ -37,30 +37,27 @@ def _pure(state: nnx.State) -> dict:
 
 
 def is_base_checkpoint(path: str) -> bool:
-  return os.path.exists(os.path.join(path, BASE_METADATA))
+  return files.exists(files.join(path, BASE_METADATA))
 
 
 def save_base(path: str, model: nnx.Module, source: str = "") -> None:
   """Writes the model's frozen base parameters and its config (atomically)."""
-  path = os.path.abspath(path)
+  path = files.absolute(path)
   params = _pure(nnx.state(model, adapters_lib.FROZEN_BASE))
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(path, BASE_STATE), params, force=True)
-  meta = {"config": dataclasses.asdict(model.config), "source": source}
-  tmp = os.path.join(path, BASE_METADATA + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(tmp, os.path.join(path, BASE_METADATA))
+    ckptr.save(files.join(path, BASE_STATE), params, force=True)
+  # The metadata is written last: its presence marks a complete checkpoint.
+  files.write_json(files.join(path, BASE_METADATA),
+                   {"config": dataclasses.asdict(model.config), "source": source})
 
 
 def read_base_config(path: str) -> config_lib.ModelConfig:
   """The ModelConfig stored beside a base checkpoint."""
-  meta_path = os.path.join(path, BASE_METADATA)
-  if not os.path.exists(meta_path):
+  meta_path = files.join(path, BASE_METADATA)
+  if not files.exists(meta_path):
     raise FileNotFoundError(
         f"{path!r} is not a mode_jax base checkpoint: {BASE_METADATA} not found")
-  with open(meta_path) as f:
-    cfg = json.load(f)["config"]
+  cfg = json.loads(files.read_text(meta_path))["config"]
   cfg["attention_types"] = tuple(cfg.get("attention_types", ("global",)))
   return config_lib.ModelConfig(**cfg)
 
@@ -100,9 +97,9 @@ def restore_base(path: str, model: nnx.Module, mesh: jax.sharding.Mesh | None = 
   the default device), never gathered on one device. Shape or dtype
   mismatches name the offending parameter.
   """
-  path = os.path.abspath(path)
-  state_dir = os.path.join(path, BASE_STATE)
-  if not os.path.isdir(state_dir):
+  path = files.absolute(path)
+  state_dir = files.join(path, BASE_STATE)
+  if not files.exists(state_dir):
     raise FileNotFoundError(f"base checkpoint {path!r} not found (no {BASE_STATE}/ inside)")
   base_state = nnx.state(model, adapters_lib.FROZEN_BASE)
   if mesh is None:
@@ -133,7 +130,7 @@ class RunCheckpointer:
 
   def __init__(self, model_dir: str, *, save_interval_steps: int = 1000,
                max_to_keep: int | None = 3, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+    self.directory = files.join(files.absolute(model_dir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_interval_steps, max_to_keep=max_to_keep,
         enable_async_checkpointing=async_save, create=True)
@@ -211,13 +208,13 @@ def abstract_like(tree: Any) -> Any:
 def save_adapters(path: str, adapter_state: Any) -> None:
   """Writes an adapter-only checkpoint (trained and non-trained adapter state)."""
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.abspath(path), adapter_state, force=True)
+    ckptr.save(files.absolute(path), adapter_state, force=True)
 
 
 def restore_adapters(path: str, abstract_state: Any) -> Any:
   """Reads an adapter-only checkpoint into the structure of `abstract_state`."""
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  path = files.absolute(path)
+  if not files.exists(path):
     raise FileNotFoundError(f"adapter checkpoint {path!r} not found")
   with ocp.StandardCheckpointer() as ckptr:
     return ckptr.restore(path, abstract_state)

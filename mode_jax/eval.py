@@ -19,6 +19,7 @@ from mode_jax import adapters as adapters_lib
 from mode_jax import checkpoints
 from mode_jax import evaluation
 from mode_jax import experiment
+from mode_jax import files
 from mode_jax import launch
 from mode_jax import metrics_log
 from mode_jax import sharding
@@ -76,15 +77,11 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   with sharding.use_mesh(mesh_):
     metrics, records = ev.evaluate((params, astate, frozen))
   metrics["step"] = step
-  out_dir = os.path.join(model_dir, "eval")
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{split}_metrics_{step}.json"), "w") as f:
-      json.dump(metrics, f, indent=2)
+    files.write_json(files.join(model_dir, "eval", f"{split}_metrics_{step}.json"), metrics)
     if predictions_file:
-      with open(os.path.join(model_dir, predictions_file), "w") as f:
-        for r in records:
-          f.write(json.dumps(r) + "\n")
+      files.write_text(files.join(model_dir, predictions_file),
+                       "".join(json.dumps(r) + "\n" for r in records))
   log = metrics_log.MetricsLogger(model_dir, f"eval_{split}", console=False)
   log.write(step, {"rougeL": metrics["overall"]["rougeL"],
                    "exact_match": metrics["overall"]["exact_match"],

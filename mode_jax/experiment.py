@@ -8,12 +8,12 @@ default only, a random base.
 from __future__ import annotations
 
 import logging
-import os
 
 import jax
 from flax import nnx
 
 from mode_jax import adapters as adapters_lib
+from mode_jax import files
 from mode_jax import models
 from mode_jax import sharding
 
@@ -41,7 +41,7 @@ def build_model(model, adapter: adapters_lib.AdapterConfig | None,
   """
   cfg = model_config(model)
   if base_checkpoint:
-    if not os.path.exists(base_checkpoint):
+    if not files.exists(base_checkpoint):
       raise FileNotFoundError(f"BASE_CHECKPOINT {base_checkpoint!r} does not exist")
     from mode_jax.models import pretrained  # pylint: disable=g-import-not-at-top
     return pretrained.from_pretrained(base_checkpoint, adapter, mesh, model=cfg, dtype=cfg.dtype,

@@ -10,8 +10,6 @@ checkpoint with W + s * lora_a @ lora_b folded into every adapted kernel.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import gin
@@ -22,6 +20,7 @@ from flax import nnx
 from mode_jax import adapters as adapters_lib
 from mode_jax import checkpoints
 from mode_jax import experiment
+from mode_jax import files
 from mode_jax import launch
 from mode_jax import sharding
 from mode_jax import trainer
@@ -35,7 +34,7 @@ def export(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
            checkpoint_step: int | None = None, merge: bool = False,
            mesh: sharding.MeshConfig = sharding.MeshConfig(), seed: int = 0) -> str:
   """Exports the adapters of MODEL_DIR; returns the export directory."""
-  export_dir = os.path.abspath(export_dir or os.path.join(model_dir, "export"))
+  export_dir = files.absolute(export_dir or files.join(model_dir, "export"))
   if merge and adapter.kind != "lora":
     raise ValueError(f"merge=True needs a LoRA adapter; {adapter.kind!r} routes per token "
                      "and cannot be folded into the base weights")
@@ -51,7 +50,7 @@ def export(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   ckpt.close()
   nnx.update(model_, restored["params"], restored["adapter_state"])
   adapter_tree = {"params": restored["params"], "adapter_state": restored["adapter_state"]}
-  checkpoints.save_adapters(os.path.join(export_dir, "adapters"), adapter_tree)
+  checkpoints.save_adapters(files.join(export_dir, "adapters"), adapter_tree)
   cfg = experiment.model_config(model)
   manifest = {
       "method": dataclasses.asdict(adapter),
@@ -65,12 +64,11 @@ def export(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   }
   if merge:
     merge_lora(model_)
-    checkpoints.save_base(os.path.join(export_dir, "merged_base"), model_,
+    checkpoints.save_base(files.join(export_dir, "merged_base"), model_,
                           source=f"LoRA merged from {model_dir} step {manifest['step']}")
-    manifest["merged_base"] = os.path.join(export_dir, "merged_base")
+    manifest["merged_base"] = files.join(export_dir, "merged_base")
   if jax.process_index() == 0:
-    with open(os.path.join(export_dir, "manifest.json"), "w") as f:
-      json.dump(manifest, f, indent=2, default=str)
+    files.write_json(files.join(export_dir, "manifest.json"), manifest)
   print(f"exported adapters of step {manifest['step']} to {export_dir}", flush=True)
   return export_dir
 

@@ -22,6 +22,7 @@ import gin  # noqa: E402
 import jax  # noqa: E402
 
 from mode_jax import adapters
+from mode_jax import files
 from mode_jax import models
 from mode_jax import optim
 from mode_jax import sharding
@@ -129,9 +130,7 @@ def write_operative_config(model_dir: str, name: str = "config.gin") -> str:
   """Writes gin's config (operative once the run started) to model_dir."""
   text = gin.operative_config_str() or gin.config_str()
   if jax.process_index() == 0:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, name), "w") as f:
-      f.write(text)
+    files.write_text(files.join(model_dir, name), text)
   return text
 
 

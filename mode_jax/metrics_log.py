@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from clu import metric_writers
 
+from mode_jax import files
+
 
 def _scalar(v):
   v = np.asarray(v)
@@ -29,9 +31,7 @@ class MetricsLogger:
     self.console = console
     self.writer = metric_writers.create_default_writer(
         os.path.join(model_dir, name), just_logging=not self.is_main, asynchronous=False)
-    self.jsonl_path = os.path.join(model_dir, f"{name}_metrics.jsonl")
-    if self.is_main:
-      os.makedirs(model_dir, exist_ok=True)
+    self.jsonl_path = files.join(model_dir, f"{name}_metrics.jsonl")
 
   def write(self, step: int, metrics: Mapping, console_keys=None) -> None:
     flat = {}
@@ -42,8 +42,7 @@ class MetricsLogger:
     self.writer.write_scalars(step, flat)
     self.writer.flush()
     if self.is_main:
-      with open(self.jsonl_path, "a") as f:
-        f.write(json.dumps({"step": int(step), **flat}) + "\n")
+      files.append_line(self.jsonl_path, json.dumps({"step": int(step), **flat}))
     if self.console:
       keys = console_keys or [k for k in flat if "/" not in k]
       msg = " ".join(f"{k}={_fmt(flat[k])}" for k in keys if k in flat)

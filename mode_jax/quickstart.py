@@ -23,8 +23,6 @@ import os
 import sys
 import time
 
-import gin
-import jax
 from flax import nnx
 
 from mode_jax import checkpoints

@@ -8,20 +8,19 @@ config) go into run checkpoints.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Mapping
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mode_jax import adapters as adapters_lib
 from mode_jax import checkpoints
 from mode_jax import evaluation
 from mode_jax import experiment
+from mode_jax import files
 from mode_jax import launch
 from mode_jax import metrics_log
 from mode_jax import optim
@@ -150,8 +149,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
              "checkpoint_dir": ckpt.directory, "latest_checkpoint": ckpt.latest_step(),
              "params": adapters_lib.count_params(experiment.model_config(model), adapter)}
   if jax.process_index() == 0:
-    with open(os.path.join(model_dir, "train_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2, default=str)
+    files.write_json(files.join(model_dir, "train_summary.json"), summary)
   return summary
 
 
@@ -219,9 +217,7 @@ def _evaluate(evaluator, state, frozen, model_dir, step, log):
                                for c, m in metrics["per_category"].items()}}},
             console_keys=["validation/rougeL", "validation/exact_match"])
   if jax.process_index() == 0:
-    os.makedirs(os.path.join(model_dir, "eval"), exist_ok=True)
-    with open(os.path.join(model_dir, "eval", f"metrics_{step}.json"), "w") as f:
-      json.dump(metrics, f, indent=2)
+    files.write_json(files.join(model_dir, "eval", f"metrics_{step}.json"), metrics)
   return metrics, records
 
 

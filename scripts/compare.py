@@ -45,7 +45,7 @@ def per_task(spec: str, metric: str = "rougeL") -> dict[str, float]:
 def report(res: dict, name_a: str, name_b: str, markdown: bool = False) -> str:
   lines = []
   if markdown:
-    lines += [f"| task | A | B | A - B |", "|---|---|---|---|"]
+    lines += ["| task | A | B | A - B |", "|---|---|---|---|"]
     for t, (a, b) in res["per_task"].items():
       lines.append(f"| {t} | {a:.2f} | {b:.2f} | {a - b:+.2f} |")
   else:

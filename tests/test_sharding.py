@@ -1,7 +1,6 @@
 """Sharded forward/backward equals unsharded; gradients only for adapters."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
