@@ -116,25 +116,34 @@ def main(argv=None):
       model_dir=args.model_dir, model=model_cfg, adapter=adapter,
       task_feature_lengths=lengths, sni_dir=sni_dir, base_checkpoint=base,
       allow_missing=True, predictions_file="predictions.jsonl")
+  print("== the frozen base alone, same evaluation", flush=True)
+  base_metrics = eval_lib.evaluate(
+      model_dir=os.path.join(args.model_dir, "base_only"), model=model_cfg, adapter=None,
+      task_feature_lengths=lengths, sni_dir=sni_dir, base_checkpoint=base, allow_missing=True)
   export_dir = export_lib.export(model_dir=args.model_dir, model=model_cfg, adapter=adapter,
                                  base_checkpoint=base)
-  _report(summary, metrics, export_dir, args.model_dir, t0, t_base, t_train)
+  _report(summary, metrics, base_metrics, export_dir, args.model_dir, t0, t_base, t_train)
 
 
-def _report(summary, metrics, export_dir, model_dir, t0, t_base, t_train):
+def _report(summary, metrics, base_metrics, export_dir, model_dir, t0, t_base, t_train):
   p = summary["params"]
-  print("\n## Quickstart results\n")
-  print("| task | ROUGE-L | exact match |\n|---|---|---|")
+  print("\n## Quickstart results (held-out instances of the seen tasks)\n")
+  print("| task | base ROUGE-L | MoDE ROUGE-L | MoDE exact match |\n|---|---|---|---|")
   for t, m in metrics["per_task"].items():
-    print(f"| {t} | {m['rougeL']:.2f} | {m['exact_match']:.2f} |")
-  o = metrics["overall"]
-  print(f"| **overall** ({metrics['num_examples']} examples) | **{o['rougeL']:.2f}** | "
-        f"**{o['exact_match']:.2f}** |\n")
+    b = base_metrics["per_task"][t]
+    print(f"| {t} | {b['rougeL']:.2f} | {m['rougeL']:.2f} | {m['exact_match']:.2f} |")
+  o, bo = metrics["overall"], base_metrics["overall"]
+  print(f"| **overall** ({metrics['num_examples']} examples) | {bo['rougeL']:.2f} | "
+        f"**{o['rougeL']:.2f}** | **{o['exact_match']:.2f}** |\n")
   final = summary["final"]
   print(f"trainable parameters: {p['trainable']:,} ({p['percent_of_base']:.2f}% of the base's "
         f"non-embedding parameters)")
-  print(f"train: {summary['step']} steps, {final.get('steps_per_sec', 0):.2f} steps/s, "
-        f"final loss {final.get('loss', float('nan')):.3f}")
+  if final:
+    print(f"train: {summary['step']} steps, {final['steps_per_sec']:.2f} steps/s, "
+          f"final loss {final['loss']:.3f}")
+  else:  # the run directory already held the final checkpoint
+    print(f"train: {summary['step']} steps, already complete in {model_dir} (delete it or pass "
+          "--model_dir to train again)")
   print(f"time: base {t_base - t0:.0f}s, adapters {t_train - t_base:.0f}s, "
         f"total {time.time() - t0:.0f}s")
   print(f"checkpoints: {summary['checkpoint_dir']} (step {summary['latest_checkpoint']})")

@@ -244,3 +244,42 @@ def test_run_files_paths_keep_buckets_intact(tmp_path):
   assert open(path).read() == "1\n2\n"
   assert json.load(open(tmp_path / "a" / "s.json")) == {"x": 1}
   assert not any(p.name.endswith(".tmp") for p in (tmp_path / "a").iterdir())
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+  from mode_jax import optim
+  cfg = models.get_config("tiny")
+  acfg = adapters.AdapterConfig(kind="mode", rank=4, num_experts=4, b_init_scale=0.02)
+  toks = jax.random.randint(jax.random.key(3), (8, 9), 0, cfg.vocab_size)
+  weights = np.ones((8, 8), np.float32)
+  weights[:4, :5] = 0.0  # uneven token counts across micro-batches
+  batch = {"decoder_input_tokens": toks[:, :-1], "decoder_target_tokens": toks[:, 1:],
+           "decoder_loss_weights": weights}
+  results = []
+  for micro in (1, 2, 4):
+    model = models.build_model(cfg, acfg, seed=0)
+    graphdef, params, astate, frozen = trainer.split_model(model)
+    tx, sched = optim.make_optimizer(optim.OptimizerConfig(name="adamw", clip_norm=None), 1)
+    step = jax.jit(trainer.make_train_step(graphdef, tx, sched, micro_batches=micro))
+    state, metrics = step(trainer.init_state(params, astate, tx), frozen, batch)
+    results.append((float(metrics["loss"]), float(metrics["grad_norm"]),
+                    {p: np.asarray(v.get_value()) for p, v in state["params"].flat_state()}))
+  for loss, gnorm, new in results[1:]:
+    np.testing.assert_allclose(loss, results[0][0], rtol=1e-5)
+    np.testing.assert_allclose(gnorm, results[0][1], rtol=1e-4)
+    for p, v in new.items():
+      np.testing.assert_allclose(v, results[0][2][p], rtol=1e-4, atol=1e-7, err_msg=str(p))
+
+
+def test_base_checkpoint_mismatch_names_the_parameter(tmp_path):
+  cfg = models.get_config("tiny")
+  checkpoints.save_base(str(tmp_path / "base"), models.build_model(cfg), source="test")
+  other = models.build_model(cfg.replace(mlp_dim=128), adapters.AdapterConfig(kind="lora"))
+  with pytest.raises(ValueError, match=r"layers/0/mlp/\w+/kernel.*shape \(\d+, \d+\), "
+                                       r"expected \(\d+, \d+\)"):
+    checkpoints.restore_base(str(tmp_path / "base"), other)
+  # The right shapes restore the same base weights under an adapted model.
+  adapted = models.build_model(cfg, adapters.AdapterConfig(kind="lora"), seed=5)
+  checkpoints.restore_base(str(tmp_path / "base"), adapted)
+  toks = jax.random.randint(jax.random.key(0), (1, 5), 0, cfg.vocab_size)
+  np.testing.assert_allclose(adapted(toks), models.build_model(cfg)(toks), atol=1e-6)
