@@ -9,7 +9,8 @@ here = pathlib.Path(__file__).parent
 
 def _reqs(name):
   lines = (here / name).read_text().splitlines()
-  return [l.split("#")[0].strip() for l in lines if l.split("#")[0].strip()]
+  reqs = [l.split("#")[0].strip() for l in lines]
+  return [r for r in reqs if r and not r.startswith("-")]
 
 
 setuptools.setup(

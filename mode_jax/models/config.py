@@ -102,6 +102,11 @@ _CONFIGS: dict[str, ModelConfig] = {
     "gemma_2b": ModelConfig(
         name="gemma_2b", vocab_size=256_128, num_layers=18, embed_dim=2048,
         num_heads=8, num_kv_heads=1, head_dim=256, mlp_dim=16_384),
+    # The same model as released on Hugging Face, whose embedding keeps only
+    # the 256,000 used rows (the official Flax release has 256,128).
+    "gemma_2b_hf": ModelConfig(
+        name="gemma_2b_hf", vocab_size=256_000, num_layers=18, embed_dim=2048,
+        num_heads=8, num_kv_heads=1, head_dim=256, mlp_dim=16_384),
     "gemma_7b": ModelConfig(
         name="gemma_7b", vocab_size=256_128, num_layers=28, embed_dim=3072,
         num_heads=16, num_kv_heads=16, head_dim=256, mlp_dim=24_576),

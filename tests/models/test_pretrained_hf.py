@@ -174,6 +174,8 @@ def test_gemma_2b_config_inference_and_counts(tmp_path):
   assert inferred == cfg.replace(vocab_size=256_000, dtype="bfloat16",
                                  param_dtype="bfloat16", name="pretrained")
   assert (inferred.embed_dim, inferred.mlp_dim, inferred.num_kv_heads) == (2048, 16384, 1)
+  assert models.get_config("gemma_2b_hf") == inferred.replace(
+      name="gemma_2b_hf", dtype="float32", param_dtype="float32")
   # A converted checkpoint's metadata: read back and built abstractly.
   meta = tmp_path / "base"
   os.makedirs(meta)
