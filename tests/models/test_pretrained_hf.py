@@ -171,8 +171,9 @@ def test_gemma_2b_config_inference_and_counts(tmp_path):
   cfg = models.get_config("gemma_2b")
   inferred = pretrained.hf_layout.read_config(str(d), param_dtype="bfloat16")
   # HF's embedding has 256,000 rows; the official release pads it to 256,128.
+  # ... which is the registered gemma_2b_hf, so the inferred config takes its name.
   assert inferred == cfg.replace(vocab_size=256_000, dtype="bfloat16",
-                                 param_dtype="bfloat16", name="pretrained")
+                                 param_dtype="bfloat16", name="gemma_2b_hf")
   assert (inferred.embed_dim, inferred.mlp_dim, inferred.num_kv_heads) == (2048, 16384, 1)
   assert models.get_config("gemma_2b_hf") == inferred.replace(
       name="gemma_2b_hf", dtype="float32", param_dtype="float32")
