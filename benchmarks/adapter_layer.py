@@ -119,13 +119,18 @@ def forward_flops(kind: str, t: int, p_in: int, q_out: int, r: int, e: int, p: i
   raise ValueError(kind)
 
 
-def naive_mode(params, x_td: jax.Array, p: int, scale: float) -> jax.Array:
-  """MoDE that builds b~[t, j, :] = sum_e w[t, g(j), e] lora_b[e, j, :] ([T, R, Q])."""
+def _mode_inputs(params, x_td: jax.Array):
+  """lora_a [D,R] and lora_b [E,R,F] in x's dtype, float32 router logits [T,G,E]."""
   a_dr = params["lora_a"][...].astype(x_td.dtype)
   b_erf = params["lora_b"][...].astype(x_td.dtype)
-  router_dge = params["router"][...]
   logits_tge = jnp.einsum("td,dge->tge", x_td.astype(jnp.float32),
-                          router_dge.astype(jnp.float32))
+                          params["router"][...].astype(jnp.float32))
+  return a_dr, b_erf, logits_tge
+
+
+def naive_mode(params, x_td: jax.Array, p: int, scale: float) -> jax.Array:
+  """MoDE that builds b~[t, j, :] = sum_e w[t, g(j), e] lora_b[e, j, :] ([T, R, Q])."""
+  a_dr, b_erf, logits_tge = _mode_inputs(params, x_td)
   w_tge = jax.nn.softmax(logits_tge, axis=-1)
   w_tre = jnp.repeat(w_tge, p, axis=-2).astype(x_td.dtype)  # column j -> group j // p
   bt_trf = jnp.einsum("tre,erf->trf", w_tre, b_erf)
@@ -135,11 +140,7 @@ def naive_mode(params, x_td: jax.Array, p: int, scale: float) -> jax.Array:
 
 def einsum2_mode(params, x_td: jax.Array, p: int, scale: float) -> jax.Array:
   """MoDE as einsum('tre,erf->tf', u, lora_b): two contracting dims, no [T, R, Q]."""
-  a_dr = params["lora_a"][...].astype(x_td.dtype)
-  b_erf = params["lora_b"][...].astype(x_td.dtype)
-  router_dge = params["router"][...]
-  logits_tge = jnp.einsum("td,dge->tge", x_td.astype(jnp.float32),
-                          router_dge.astype(jnp.float32))
+  a_dr, b_erf, logits_tge = _mode_inputs(params, x_td)
   w_tge = jax.nn.softmax(logits_tge, axis=-1)
   h_tr = x_td @ a_dr
   t, (g, e) = h_tr.shape[0], w_tge.shape[-2:]
@@ -154,13 +155,9 @@ def gather_mode(params, x_td: jax.Array, p: int, k: int, scale: float) -> jax.Ar
   Gathers lora_b[idx[t, g, slot], g*p + i, :] for every token: a [T, G, k, p,
   Q] tensor, k*R rows of Q per token instead of the dense E*R-wide matmul.
   """
-  a_dr = params["lora_a"][...].astype(x_td.dtype)
-  b_erf = params["lora_b"][...].astype(x_td.dtype)
-  router_dge = params["router"][...]
+  a_dr, b_erf, logits_tge = _mode_inputs(params, x_td)
   e, r, f = b_erf.shape
   g = r // p
-  logits_tge = jnp.einsum("td,dge->tge", x_td.astype(jnp.float32),
-                          router_dge.astype(jnp.float32))
   top_tgk, idx_tgk = jax.lax.top_k(logits_tge, k)
   w_tgk = jax.nn.softmax(top_tgk, axis=-1)
   h_tgp = (x_td @ a_dr).astype(jnp.float32).reshape(-1, g, p)
