@@ -138,6 +138,10 @@ class RunCheckpointer:
         self.directory, options=options,
         item_names=("adapters", "opt_state", "data", "config"))
 
+  def should_save(self, step: int) -> bool:
+    """Whether `save(step, ...)` would write (interval, and not already saved)."""
+    return self.manager.should_save(step)
+
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mode_jax import adapters as adapters_lib
@@ -107,7 +108,24 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
                               eval_batch_size, graphdef, mesh_)
   eval_log = metrics_log.MetricsLogger(model_dir, "eval") if evaluator else None
   t_start, t_last, step = time.time(), time.time(), start
-  tokens_since, steps_since, last = 0.0, 0, {}
+  steps_since, last = 0, {}
+  tokens_since = jnp.zeros((), jnp.float32)
+  # Finiteness is checked one step late, so the host never waits on the step
+  # it just dispatched, except where it must: before logging, saving or
+  # evaluating. A non-finite step is not applied (the state is unchanged),
+  # so nothing saved before the check can hold its update.
+  unchecked = []
+
+  def check(keep_last: bool):
+    while len(unchecked) > (1 if keep_last else 0):
+      at, m = unchecked.pop(0)
+      if not bool(m["finite"]):
+        ckpt.close()
+        raise NonFiniteLossError(
+            f"non-finite loss at step {at} (loss={float(m['loss'])}, grad_norm="
+            f"{float(m['grad_norm'])}); the update was not applied and the last good "
+            f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is intact")
+
   with sharding.use_mesh(mesh_):
     while step < train_steps:
       batch = _place(next(data), mesh_, hooks.get("poison_step") == step + 1)
@@ -117,29 +135,30 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
                                     prefix_lm=prefix_lm), state, frozen, batch, mesh_)
       state, metrics = step_fn(state, frozen, batch)
       step += 1
-      if not bool(metrics["finite"]):
-        ckpt.close()
-        raise NonFiniteLossError(
-            f"non-finite loss at step {step} (loss={float(metrics['loss'])}, grad_norm="
-            f"{float(metrics['grad_norm'])}); the update was not applied and the last good "
-            f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is intact")
-      tokens_since += float(metrics["tokens"])
+      unchecked.append((step, metrics))
+      tokens_since = tokens_since + metrics["tokens"]
       steps_since += 1
+      final = step == train_steps
+      do_log = step % log_every == 0 or final
+      do_eval = evaluator is not None and (step % eval_every == 0 or final)
+      check(keep_last=not (do_log or do_eval or final or ckpt.should_save(step)))
       if step == start + 1:
         config_text = launch.write_operative_config(model_dir)
-      if step % log_every == 0 or step == train_steps:
+      if do_log:
         now = time.time()
         sps = steps_since / max(now - t_last, 1e-9)
         last = {k: float(v) for k, v in metrics.items() if k not in ("routing", "finite")}
-        last.update(steps_per_sec=sps, tokens_per_sec=tokens_since / max(now - t_last, 1e-9),
+        last.update(steps_per_sec=sps,
+                    tokens_per_sec=float(tokens_since) / max(now - t_last, 1e-9),
                     eta_sec=(train_steps - step) / max(sps, 1e-9))
         log.write(step, {**last, "routing": metrics["routing"]},
                   console_keys=["loss", "aux_loss", "learning_rate", "grad_norm",
                                 "tokens_per_sec", "steps_per_sec", "eta_sec",
                                 "routing/mean_entropy"])
-        t_last, tokens_since, steps_since = now, 0.0, 0
-      ckpt.save(step, state, data.state(), config_text, force=step == train_steps)
-      if evaluator is not None and (step % eval_every == 0 or step == train_steps):
+        t_last, steps_since = now, 0
+        tokens_since = jnp.zeros((), jnp.float32)
+      ckpt.save(step, state, data.state(), config_text, force=final)
+      if do_eval:
         _evaluate(evaluator, state, frozen, model_dir, step, eval_log)
   ckpt.close()
   log.close()
