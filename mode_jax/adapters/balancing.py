@@ -16,6 +16,22 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from mode_jax.adapters import variables
+
+
+def init_selection(module: nnx.Module, cfg, name: str) -> None:
+  """The attributes every top-k rank-wise adapter shares (FlyLoRA, SMoRA).
+
+  Sets the delta scale, the statistics name, k, the bias rate and a zero
+  balancing bias [R] (non-trained `AdapterState`). Draws no random numbers.
+  """
+  module.scale = cfg.scale
+  module.name = name
+  module.top_k = cfg.top_k
+  module.bias_rate = cfg.bias_rate
+  module.bias = variables.AdapterState(jnp.zeros((cfg.rank,), jnp.float32),
+                                       logical_axes=("rank",))
+
 
 def sign_rule(bias_r, counts_r, rate):
   """d_i + rate * sign(mean(c) - c_i)."""

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mode_jax.adapters import balancing
 from mode_jax.adapters import config as config_lib
 from mode_jax.adapters import lora
 from mode_jax.adapters import routing
@@ -60,10 +61,7 @@ class FlyLoRA(nnx.Module):
                out_features: int, rngs: nnx.Rngs, *, in_axis=None, out_axis=None,
                name: str = ""):
     r = cfg.rank
-    self.scale = cfg.scale
-    self.name = name
-    self.top_k = cfg.top_k
-    self.bias_rate = cfg.bias_rate
+    balancing.init_selection(self, cfg, name)
     key = rngs.params()
     key_data = (jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
                 else key)
@@ -74,7 +72,6 @@ class FlyLoRA(nnx.Module):
     self.lora_b = variables.AdapterParam(
         lora.init_normal(rngs, (r, out_features), cfg.b_init_scale),
         logical_axes=("rank", out_axis))
-    self.bias = variables.AdapterState(jnp.zeros((r,), jnp.float32), logical_axes=("rank",))
 
   def __call__(self, x_td: jax.Array) -> jax.Array:
     # float32 h: the selection compares h across columns.

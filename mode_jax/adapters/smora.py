@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mode_jax.adapters import balancing
 from mode_jax.adapters import config as config_lib
 from mode_jax.adapters import lora
 from mode_jax.adapters import routing
@@ -38,10 +39,7 @@ class SMoRA(nnx.Module):
                out_features: int, rngs: nnx.Rngs, *, in_axis=None, out_axis=None,
                name: str = ""):
     r = cfg.rank
-    self.scale = cfg.scale
-    self.name = name
-    self.top_k = cfg.top_k
-    self.bias_rate = cfg.bias_rate
+    balancing.init_selection(self, cfg, name)
     self.lora_a = variables.AdapterParam(
         lora.init_normal(rngs, (in_features, r), cfg.a_init_scale),
         logical_axes=(in_axis, "rank"))
@@ -51,7 +49,6 @@ class SMoRA(nnx.Module):
     self.router = variables.AdapterParam(
         lora.init_normal(rngs, (in_features, r), cfg.router_init_scale),
         logical_axes=(in_axis, "rank"))
-    self.bias = variables.AdapterState(jnp.zeros((r,), jnp.float32), logical_axes=("rank",))
 
   def gates(self, x_td: jax.Array) -> jax.Array:
     """float32 gates g [..., R]: k (s + b) / sum_topk(s + b) on the top-k, else 0."""
