@@ -8,7 +8,6 @@ Metrics are the official SNI ones, overall, per task and per category.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Sequence
 
@@ -83,7 +82,3 @@ class Evaluator:
     grouped["num_examples"] = len(preds)
     grouped["seconds"] = time.time() - t0
     return grouped, records
-
-
-def round_up(n: int, k: int) -> int:
-  return int(math.ceil(n / k) * k)

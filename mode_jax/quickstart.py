@@ -59,7 +59,7 @@ def build_base(model_cfg, mixture: str, lengths: dict, steps: int, batch_size: i
   with sharding.use_mesh(mesh):
     step_fn = None
     for step in range(1, steps + 1):
-      batch = train_lib._place(next(data), mesh)  # pylint: disable=protected-access
+      batch = trainer.place_batch(next(data), mesh)
       if step_fn is None:
         step_fn = trainer.jit_train_step(trainer.make_train_step(graphdef, tx, schedule),
                                          state, frozen, batch, mesh)
@@ -95,7 +95,7 @@ def main(argv=None):
   mixture = _q("train.mixture_or_task_name")
   batch = _q("train.batch_size")
   # Registers the SNI tasks (train/eval splits, prompts, vocabulary).
-  train_lib._register_data(sni_dir, None, None, True, None, lengths)  # pylint: disable=protected-access
+  train_lib.register_data(sni_dir, None, None, True, None, lengths)
 
   base = _q("train.base_checkpoint")
   if not base:

@@ -161,11 +161,6 @@ def use_mesh(mesh: Mesh, rules=DEFAULT_RULES) -> Iterator[Mesh]:
     _CONTEXT.reset(token)
 
 
-def current() -> tuple[Mesh, tuple] | None:
-  """The (mesh, rules) of the innermost `use_mesh`, or None."""
-  return _CONTEXT.get()
-
-
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   """Sharding constraint by logical names; the identity outside `use_mesh`."""
   ctx = _CONTEXT.get()
@@ -205,7 +200,3 @@ class MeshConfig:
 
   def build(self) -> Mesh:
     return make_mesh(self.data, self.fsdp, self.model)
-
-
-def num_elements(shape: Sequence[int]) -> int:
-  return int(math.prod(shape))

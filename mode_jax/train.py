@@ -74,7 +74,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
                      f"{train_steps}, {batch_size}, {micro_batches}")
   if adapter is None:
     raise ValueError("ADAPTER is required for training (the base is frozen)")
-  registration = _register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir,
+  registration = register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir,
                                 task_feature_lengths)
 
   _check_vocab(vocab_path, experiment.model_config(model))
@@ -128,7 +128,10 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
 
   with sharding.use_mesh(mesh_):
     while step < train_steps:
-      batch = _place(next(data), mesh_, hooks.get("poison_step") == step + 1)
+      batch = next(data)
+      if hooks.get("poison_step") == step + 1:  # test hook: a NaN loss at this step
+        batch = dict(batch, decoder_loss_weights=batch["decoder_loss_weights"] * np.nan)
+      batch = trainer.place_batch(batch, mesh_)
       if step_fn is None:
         step_fn = trainer.jit_train_step(
             trainer.make_train_step(graphdef, tx, schedule, micro_batches=micro_batches,
@@ -172,7 +175,8 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   return summary
 
 
-def _register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir, lengths):
+def register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir, lengths):
+  """Registers the SNI tasks and mixtures of SNI_DIR (None: nothing to register)."""
   if not sni_dir:
     return None
   from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
@@ -191,23 +195,6 @@ def _check_vocab(vocab_path, cfg) -> None:
   if size > cfg.vocab_size:
     raise ValueError(f"vocabulary {vocab_path or vocab.default_path(1024)!r} has {size} "
                      f"pieces but MODEL {cfg.name!r} embeds only {cfg.vocab_size}")
-
-
-def _place(batch: dict, mesh, poison: bool = False) -> dict:
-  """Per-host numpy batch -> global arrays sharded on ('batch', 'length')."""
-  out = {}
-  for k in trainer.BATCH_KEYS + trainer.OPTIONAL_KEYS:
-    if k not in batch:
-      continue
-    x = np.asarray(batch[k])
-    if k == "decoder_loss_weights":
-      x = x.astype(np.float32)
-      if poison:
-        x = x * np.float32("nan")
-    sh = sharding.named_sharding(("batch", "length"),
-                                 (x.shape[0] * jax.process_count(), x.shape[1]), mesh)
-    out[k] = jax.make_array_from_process_local_data(sh, x)
-  return out
 
 
 def _make_evaluator(registration, eval_every, eval_tasks, sni_dir, sni, vocab_path,

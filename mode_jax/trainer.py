@@ -11,10 +11,11 @@ Legend: A micro-batches, B batch, L length.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -124,9 +125,19 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
   return train_step
 
 
-def shardings_of(tree: Any, mesh, rules=sharding.DEFAULT_RULES):
-  """NamedShardings for a pytree of nnx.State / arrays (replicated if unnamed)."""
-  return sharding.state_shardings(tree, mesh, rules)
+def place_batch(batch: dict, mesh, rules=sharding.DEFAULT_RULES) -> dict:
+  """Per-host numpy batch -> global arrays sharded on ('batch', 'length').
+
+  Each process passes its own rows; loss weights become float32.
+  """
+  out = {}
+  for k in BATCH_KEYS + OPTIONAL_KEYS:
+    if k in batch:
+      x = np.asarray(batch[k], np.float32 if k == "decoder_loss_weights" else None)
+      sh = sharding.named_sharding(("batch", "length"),
+                                   (x.shape[0] * jax.process_count(), x.shape[1]), mesh, rules)
+      out[k] = jax.make_array_from_process_local_data(sh, x)
+  return out
 
 
 def batch_shardings(batch_shapes: dict, mesh, rules=sharding.DEFAULT_RULES) -> dict:
@@ -137,8 +148,8 @@ def batch_shardings(batch_shapes: dict, mesh, rules=sharding.DEFAULT_RULES) -> d
 def jit_train_step(train_step, state, frozen, batch_example, mesh,
                    rules=sharding.DEFAULT_RULES):
   """jit with shardings by logical axes and the train state donated."""
-  state_sh = shardings_of(state, mesh, rules)
-  frozen_sh = shardings_of(frozen, mesh, rules)
+  state_sh = sharding.state_shardings(state, mesh, rules)
+  frozen_sh = sharding.state_shardings(frozen, mesh, rules)
   batch_sh = batch_shardings(batch_example, mesh, rules)
   return jax.jit(train_step, in_shardings=(state_sh, frozen_sh, batch_sh),
                  out_shardings=(state_sh, None), donate_argnums=(0,))

@@ -40,6 +40,6 @@ def quickstart_base(base_steps: int = DEFAULT_BASE_STEPS, build: bool = True) ->
     if not checkpoints.is_base_checkpoint(path):
       logging.warning("quickstart base %s is not built yet", path)
     return path
-  train_lib._register_data(sni_dir, None, None, True, None, lengths)
+  train_lib.register_data(sni_dir, None, None, True, None, lengths)
   quickstart.build_base(cfg, mixture, lengths, base_steps, batch, path)
   return path

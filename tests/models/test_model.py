@@ -73,16 +73,12 @@ def test_zero_lora_b_is_bit_identical_to_base(acfg):
   toks = _tokens(cfg)
   np.testing.assert_array_equal(np.asarray(base(toks)), np.asarray(adapted(toks)))
   # ... and a non-zero lora_b does change the output.
-  for path, var in nnx.state(adapted, adapters.TRAINABLE).flat_state():
-    if path[-1] == "lora_b":
-      var.set_value(jnp.full(var.shape, 0.05))
-  nnx.update(adapted, nnx.state(adapted))
+  _set_lora_b(adapted, 0.05)
   assert not np.allclose(base(toks), adapted(toks))
 
 
 def _set_lora_b(model, value):
   state = nnx.state(model, adapters.TRAINABLE)
-  state = jax.tree.map(lambda x: x, state)
   for path, var in state.flat_state():
     if path[-1] == "lora_b":
       var.set_value(value * jnp.ones(var.shape))
