@@ -20,5 +20,6 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["mode_jax", "mode_jax.*"]),
     python_requires=">=3.11",
     install_requires=_reqs("requirements.txt"),
-    extras_require={"test": _reqs("requirements-test.txt")},
+    extras_require={"test": _reqs("requirements-test.txt"),
+                    "tpu": _reqs("requirements-tpu.txt")},
 )

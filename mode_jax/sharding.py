@@ -198,5 +198,31 @@ class MeshConfig:
     if [self.data, self.fsdp, self.model].count(-1) > 1:
       raise ValueError(f"MeshConfig: at most one axis may be -1, got {self}")
 
-  def build(self) -> Mesh:
-    return make_mesh(self.data, self.fsdp, self.model)
+  def build(self, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh over `devices` (default: all; aot passes a TPU topology's)."""
+    return make_mesh(self.data, self.fsdp, self.model, devices=devices)
+
+
+def batch_shards(mesh: Mesh, rules=DEFAULT_RULES) -> int:
+  """How many ways the logical 'batch' axis is split on `mesh`."""
+  spec = logical_to_spec(("batch",), rules)[0]
+  axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def check_batch(batch_size: int, micro_batches: int, mesh: Mesh, rules=DEFAULT_RULES) -> None:
+  """Each micro-batch must split evenly over the data-parallel devices.
+
+  Otherwise `_fit_spec` would drop the batch sharding and every device would
+  compute the whole micro-batch; that is a start-up error, never a silent
+  replication.
+  """
+  shards = batch_shards(mesh, rules)
+  if batch_size % micro_batches or (batch_size // micro_batches) % shards:
+    mesh_desc = " x ".join(f"{k}={v}" for k, v in mesh.shape.items())
+    raise ValueError(
+        f"BATCH_SIZE={batch_size} with micro_batches={micro_batches} gives micro-batches of "
+        f"{batch_size / micro_batches:g} rows, which do not split over the {shards} "
+        f"data-parallel devices of the mesh ({mesh_desc}; 'batch' is split over "
+        f"{logical_to_spec(('batch',), rules)[0]}): make BATCH_SIZE / micro_batches a "
+        f"multiple of {shards}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import gin
 import jax
@@ -48,7 +48,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
           seed: int = 0, log_every: int = 10, checkpoint_every: int = 1000,
           keep_checkpoints: int = 3, async_checkpoint: bool = True,
           eval_every: int = 0, eval_batch_size: int = 16, max_decode_len: int = 64,
-          eval_tasks: Any = None, hooks: Any = None) -> dict:
+          eval_tasks: Any = None, loss_chunk: int = 256, hooks: Any = None) -> dict:
   """Trains and returns a summary (final metrics, steps/s, checkpoint path).
 
   Args:
@@ -65,6 +65,8 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
     sni: data.SniConfig for prompts and splits.
     micro_batches: gradient accumulation steps within one optimizer step.
     eval_every: decode-and-score every N steps (0: off).
+    loss_chunk: positions per chunk of the output layer and cross-entropy
+      (losses.chunked_cross_entropy; 0: the whole [B, L, V] logits at once).
     hooks: test hooks, e.g. {"poison_step": k} makes step k's loss NaN.
   """
   from mode_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -74,19 +76,21 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
                      f"{train_steps}, {batch_size}, {micro_batches}")
   if adapter is None:
     raise ValueError("ADAPTER is required for training (the base is frozen)")
+  mesh_ = experiment.make_mesh(mesh)
+  sharding.check_batch(batch_size, micro_batches, mesh_)
   registration = register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir,
                                 task_feature_lengths)
 
   _check_vocab(vocab_path, experiment.model_config(model))
-  mesh_ = experiment.make_mesh(mesh)
   nproc, pid = jax.process_count(), jax.process_index()
   if batch_size % nproc:
     raise ValueError(f"BATCH_SIZE={batch_size} must divide over {nproc} processes")
-  model_ = experiment.build_model(model, adapter, mesh_, base_checkpoint=base_checkpoint,
-                                  seed=seed)
-  graphdef, params, astate, frozen = trainer.split_model(model_)
-  tx, schedule = optim.make_optimizer(optimizer, train_steps)
-  state = jax.jit(lambda p, a: trainer.init_state(p, a, tx))(params, astate)
+  run = make_run(model, adapter, mesh_, optimizer=optimizer, train_steps=train_steps,
+                 micro_batches=micro_batches, prefix_lm=prefix_lm, loss_chunk=loss_chunk,
+                 model_=experiment.build_model(model, adapter, mesh_,
+                                               base_checkpoint=base_checkpoint, seed=seed))
+  graphdef, frozen, tx = run.graphdef, run.frozen, run.tx
+  state = jax.jit(lambda p, a: trainer.init_state(p, a, tx))(run.params, run.adapter_state)
 
   data = pipeline.BatchIterator(
       mixture_or_task_name, task_feature_lengths, batch_size // nproc,
@@ -133,9 +137,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
         batch = dict(batch, decoder_loss_weights=batch["decoder_loss_weights"] * np.nan)
       batch = trainer.place_batch(batch, mesh_)
       if step_fn is None:
-        step_fn = trainer.jit_train_step(
-            trainer.make_train_step(graphdef, tx, schedule, micro_batches=micro_batches,
-                                    prefix_lm=prefix_lm), state, frozen, batch, mesh_)
+        step_fn = run.jit(state, batch)
       state, metrics = step_fn(state, frozen, batch)
       step += 1
       unchecked.append((step, metrics))
@@ -173,6 +175,35 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   if jax.process_index() == 0:
     files.write_json(files.join(model_dir, "train_summary.json"), summary)
   return summary
+
+
+class Run(NamedTuple):
+  """A training run's model split, optimizer and step: what train and aot share."""
+  graphdef: Any
+  params: Any
+  adapter_state: Any
+  frozen: Any
+  tx: Any
+  schedule: Any
+  train_step: Any  # trainer.make_train_step's function, not yet jitted
+  mesh: Any
+
+  def jit(self, state, batch_shapes):
+    """The step jitted with shardings by logical axes (state may be abstract)."""
+    return trainer.jit_train_step(self.train_step, state, self.frozen, batch_shapes, self.mesh)
+
+
+def make_run(model, adapter, mesh_, *, optimizer, train_steps, micro_batches, prefix_lm,
+             loss_chunk, model_=None) -> Run:
+  """The run of `train`'s arguments on `mesh_`; `model_` None: abstract shapes only."""
+  if model_ is None:
+    from mode_jax import models  # pylint: disable=g-import-not-at-top
+    model_ = models.abstract_model(experiment.model_config(model), adapter)
+  graphdef, params, astate, frozen = trainer.split_model(model_)
+  tx, schedule = optim.make_optimizer(optimizer, train_steps)
+  step = trainer.make_train_step(graphdef, tx, schedule, micro_batches=micro_batches,
+                                 prefix_lm=prefix_lm, loss_chunk=loss_chunk)
+  return Run(graphdef, params, astate, frozen, tx, schedule, step, mesh_)
 
 
 def register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir, lengths):

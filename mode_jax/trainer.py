@@ -56,7 +56,8 @@ def model_inputs(batch: dict, prefix_lm: bool = False) -> dict:
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callable,
-                    *, micro_batches: int = 1, prefix_lm: bool = False) -> Callable:
+                    *, micro_batches: int = 1, prefix_lm: bool = False,
+                    loss_chunk: int = 0) -> Callable:
   """Returns train_step(state, frozen, batch) -> (state, metrics); not yet jitted.
 
   Gradient accumulation splits the batch into `micro_batches` along B and
@@ -72,14 +73,19 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
   weighted term (0 when none is recorded). Balancing biases (FlyLoRA, SMoRA)
   are updated after the optimizer step by `balancing.update` from the
   selection counts, summed over micro-batches.
+
+  `loss_chunk` > 0 computes the output projection and cross-entropy
+  `loss_chunk` positions at a time (`losses.chunked_cross_entropy`), so the
+  [B, L, V] logits and their gradient are never whole in memory.
   """
 
   def loss_fn(params, adapter_state, frozen, mb, total_tokens):
     model = nnx.merge(graphdef, params, adapter_state, frozen)
     with routing.collect() as stats:
-      logits = model(mb["decoder_input_tokens"], **model_inputs(mb, prefix_lm))
-    mean, ntok = losses.cross_entropy(logits, mb["decoder_target_tokens"],
-                                      mb["decoder_loss_weights"])
+      hidden = model(mb["decoder_input_tokens"], **model_inputs(mb, prefix_lm),
+                     return_hidden=True)
+    mean, ntok = losses.chunked_cross_entropy(hidden, model.project, mb["decoder_target_tokens"],
+                                              mb["decoder_loss_weights"], loss_chunk)
     ce = mean * ntok / total_tokens
     aux = routing.aux_loss(stats) / micro_batches
     return ce + aux, (stats, ce, aux)

@@ -14,9 +14,11 @@ Cartesian product of `--method --experts --rank --expert_rank --lr --seed`.
   # an explicit grid
   python scripts/sweep.py --method mode --experts 4 8 --rank 4 --seed 0 1 \
       --gin_file experiments/sweep_cpu_tiny.gin --root work_dirs/grid
-  # Cloud TPU VM or pod slice (prints the gcloud commands; add --no-dry_run)
-  python scripts/sweep.py --preset main_table --backend tpu --tpu my-v4-32 \
-      --zone us-central2-b --root gs://bucket/sweeps/main --base_checkpoint gs://...
+  # Cloud TPU VM or pod slice (prints the gcloud commands; add --no-dry_run):
+  # --tpu_action setup (code + [tpu] install on every worker), start
+  # (detached; per-worker logs in each run dir), attach, stop
+  python scripts/sweep.py --preset main_table --backend tpu --tpu my-v5e-32 \
+      --zone us-west4-a --root gs://bucket/sweeps/main --base_checkpoint gs://...
 
 Re-running the same command skips finished points (train_summary.json and
 eval metrics present) and resumes interrupted ones from their checkpoints.
@@ -34,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mode_jax.experiments import backends  # noqa: E402
 from mode_jax.experiments import points as points_lib  # noqa: E402
 from mode_jax.experiments import presets  # noqa: E402
+from mode_jax.experiments import tpu_vm  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,6 +72,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--workdir", default="~/mode_jax", help="repository on the TPU workers")
   ap.add_argument("--dry_run", action=argparse.BooleanOptionalAction, default=True,
                   help="tpu backend: print the gcloud commands only (default)")
+  ap.add_argument("--tpu_action", choices=tpu_vm.ACTIONS, default="start",
+                  help="tpu backend: setup (code + install on every worker), start "
+                       "(detached), attach (follow worker 0's logs), stop")
+  ap.add_argument("--sweep_name", default="sweep",
+                  help="tpu backend: names the detached run (pid and local log files)")
+  ap.add_argument("--commit", default=None,
+                  help="tpu setup: install this commit of --repo_url (default: copy HEAD)")
+  ap.add_argument("--repo_url", default=None, help="tpu setup with --commit: git URL")
   args = ap.parse_args(argv)
   if "://" not in args.root:
     args.root = os.path.abspath(args.root)
@@ -113,9 +124,11 @@ def main(argv=None) -> int:
     backends.print_jobs(jobs, args.python or "python", args.skip_eval)
     return 0
   if args.backend == "tpu":
-    backends.run_tpu(jobs, args.tpu, args.zone, args.workdir, args.python or "python3",
-                     args.project, dry_run=args.dry_run, resume=resume,
-                     skip_eval=args.skip_eval)
+    vm = tpu_vm.TpuVm(args.tpu, args.zone, args.project, args.workdir,
+                      args.python or "python3")
+    backends.run_tpu(jobs, vm, args.tpu_action, args.sweep_name, dry_run=args.dry_run,
+                     resume=resume, skip_eval=args.skip_eval, commit=args.commit,
+                     repo_url=args.repo_url)
     return 0
   print(f"{len(jobs)} points under {args.root}", flush=True)
   results = backends.run_local(jobs, args.python or sys.executable, resume=resume,

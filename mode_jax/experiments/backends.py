@@ -10,9 +10,10 @@ Backends:
   local  runs the jobs one after another as subprocesses (logs in
          `<MODEL_DIR>/train.log`, `eval.log`), skipping finished points.
   print  prints the commands (a shell script).
-  tpu    one `gcloud compute tpus tpu-vm ssh NAME --zone Z --worker=all
-         --command '...'` per point (train then eval with --multihost on
-         every worker of a VM or pod slice), run dir on a gs:// bucket.
+  tpu    `gcloud compute tpus tpu-vm ssh NAME --zone Z --worker=all` commands
+         (tpu_vm.py): set up every worker, start the jobs detached (train
+         then eval with --multihost on every worker of a VM or pod slice,
+         per-worker logs in each run dir), attach, stop.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Callable, Sequence
 
 from mode_jax.experiments import points as points_lib
 from mode_jax.experiments import rundirs
+from mode_jax.experiments import tpu_vm
 
 # Relative paths in the gin files (SNI_DIR) are relative to the repository.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -156,47 +158,58 @@ def run_local(jobs: Sequence[Job], python: str = sys.executable, resume: bool = 
   return results
 
 
-def tpu_command(job: Job, tpu: str, zone: str, workdir: str = "~/mode_jax",
-                python: str = "python3", project: str | None = None,
-                skip_eval: bool = False) -> list[str]:
-  """The gcloud argv that runs one job on every worker of a TPU VM / pod slice.
-
-  `workdir` (the repository on the workers) is used as given, so `~` expands
-  on the worker; the entry point argv is shell-quoted inside `--command`.
-  """
-  inner = " && ".join([f"cd {workdir}"] + [
-      shlex.join(a) for a in commands(job, python, multihost=True, skip_eval=skip_eval)])
-  argv = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu, "--zone", zone, "--worker=all"]
-  if project:
-    argv += ["--project", project]
-  return argv + ["--command", inner]
+def tpu_steps(jobs: Sequence[Job], python: str = "python3",
+              skip_eval: bool = False) -> list[tuple[str, str, list[str]]]:
+  """(model_dir, entry, argv) of every job's train (and eval), --multihost."""
+  out = []
+  for job in jobs:
+    for entry, argv in zip((TRAIN_MODULE, EVAL_MODULE),
+                           commands(job, python, multihost=True, skip_eval=skip_eval)):
+      out.append((job.model_dir, entry, argv))
+  return out
 
 
-def run_tpu(jobs: Sequence[Job], tpu: str, zone: str, workdir: str = "~/mode_jax",
-            python: str = "python3", project: str | None = None, dry_run: bool = True,
-            resume: bool = True, skip_eval: bool = False,
+def run_tpu(jobs: Sequence[Job], vm: tpu_vm.TpuVm, action: str = "start", sweep: str = "sweep",
+            dry_run: bool = True, resume: bool = True, skip_eval: bool = False,
+            commit: str | None = None, repo_url: str | None = None,
             log: Callable[[str], None] = print) -> list[list[str]]:
-  """Runs (or, with dry_run, only prints) each job's gcloud command in turn.
+  """Runs (or, with dry_run, only prints) one TPU VM action (tpu_vm.ACTIONS).
 
-  Resume checks read the bucket through `tf.io.gfile`; a dry run does not
-  touch the bucket and lists every point.
+  `start` launches every job not yet finished, train then eval, one after
+  another in one detached script on every worker. Resume checks read the
+  bucket; a dry run does not touch it and lists every point.
 
   Returns:
-    The gcloud argv lists (run or to be run).
+    The argv lists (run or to be run).
   """
-  cmds = []
-  for job in jobs:
-    if not dry_run and resume and _remote_finished(job.model_dir, skip_eval):
-      log(f"# {job.point.name}: finished, skipped")
-      continue
-    argv = tpu_command(job, tpu, zone, workdir, python, project, skip_eval)
-    cmds.append(argv)
+  if action not in tpu_vm.ACTIONS:
+    raise ValueError(f"unknown TPU action {action!r}; known: {tpu_vm.ACTIONS}")
+  if action == "setup":
+    cmds = tpu_vm.setup_commands(vm, commit, repo_url)
+  elif action == "attach":
+    cmds = [tpu_vm.attach_command(vm, sweep)]
+  elif action == "stop":
+    cmds = [tpu_vm.stop_command(vm, sweep)]
+  else:
+    todo = []
+    for job in jobs:
+      if not dry_run and resume and _remote_finished(job.model_dir, skip_eval):
+        log(f"# {job.point.name}: finished, skipped")
+        continue
+      todo.append(job)
+    if not todo:
+      return []
+    cmds = [tpu_vm.start_command(vm, tpu_steps(todo, vm.python, skip_eval), sweep)]
+    if not dry_run:
+      for job in todo:
+        _remote_write_point(job)
+  for argv in cmds:
     log(shlex.join(argv))
     if not dry_run:
-      _remote_write_point(job)
-      rc = subprocess.call(argv)
+      rc = subprocess.call(argv, cwd=REPO)
       if rc:
-        log(f"# {job.point.name}: FAILED (exit {rc})")
+        log(f"# FAILED (exit {rc}): {argv[:6]}")
+        break
   return cmds
 
 

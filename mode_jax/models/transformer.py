@@ -86,7 +86,11 @@ class Transformer(nnx.Module):
                                     param_dtype=jnp.dtype(cfg.param_dtype))
 
   def _logits(self, x_bld):
-    logits_blv = self.embedder.decode(self.final_norm(x_bld))
+    return self.project(self.final_norm(x_bld))
+
+  def project(self, h_bld):
+    """Final hidden states (after `final_norm`) [B, L, D] -> float32 logits [B, L, V]."""
+    logits_blv = self.embedder.decode(h_bld)
     cap = self.config.final_logit_softcap
     if cap is not None:
       logits_blv = jnp.tanh(logits_blv / cap) * cap
@@ -94,8 +98,14 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_bl: jax.Array, positions_bl: jax.Array | None = None,
                segment_ids_bl: jax.Array | None = None,
-               bidirectional_mask_bl: jax.Array | None = None) -> jax.Array:
-    """Full forward pass: int32 tokens [B, L] -> float32 logits [B, L, V]."""
+               bidirectional_mask_bl: jax.Array | None = None,
+               return_hidden: bool = False) -> jax.Array:
+    """Full forward pass: int32 tokens [B, L] -> float32 logits [B, L, V].
+
+    With `return_hidden`, the final hidden states [B, L, D] (after the final
+    norm) instead: `project` maps them to logits, chunk by chunk in
+    `losses.chunked_cross_entropy`.
+    """
     b, l = tokens_bl.shape
     if positions_bl is None:
       positions_bl = jnp.broadcast_to(jnp.arange(l), (b, l))
@@ -103,6 +113,8 @@ class Transformer(nnx.Module):
     x_bld = self.embedder.encode(tokens_bl, jnp.dtype(self.config.dtype))
     for layer in self.layers:
       x_bld, _ = layer(x_bld, positions_bl, mask_bls)
+    if return_hidden:
+      return self.final_norm(x_bld)
     return self._logits(x_bld)
 
   def init_cache(self, batch: int, max_length: int, dtype=None) -> dict:
