@@ -49,9 +49,9 @@ PLACEHOLDERS = ("MODEL_DIR = '/tmp/mode_jax_aot'", "SNI_DIR = None")
 class Chip:
   """A TPU generation: `get_topology_desc` arguments and HBM per chip.
 
-  `hbm_bytes` is what the compiler lets a program use (its out-of-memory
-  messages name it, e.g. "15.75G of 15.75G hbm" on v5e), a little less than
-  the nominal capacity.
+  `hbm_bytes` is what the compiler lets a program use, a little less than
+  the nominal capacity: its out-of-memory message names it ("exceeds
+  available HBM (15.75G)" on v5e; tests/test_paper_scale.py checks each).
   """
   prefix: str  # topology_name prefix of get_topology_desc
   chip_config: str  # "megacore" (v4, v5p: two cores per chip) or "default"
@@ -287,6 +287,11 @@ def run_aot(topology: str, num_slices: int = 1, headroom: float = 0.0,
     abstract_states = _abstract(states, state_sh)
     held = _bytes_per_chip(states, state_sh)
     for name, eval_batch, decode_len in eval_settings(args):
+      shards = sharding.batch_shards(mesh)
+      if eval_batch % shards:
+        field = "train.eval_batch_size" if name == "train eval" else "evaluate.batch_size"
+        raise SystemExit(f"aot: {field}={eval_batch} does not split over the {shards} "
+                         "data-parallel devices (the decoding batch would be replicated)")
       prompt = args["task_feature_lengths"]["inputs"] + 1
       tok_sh = sharding.named_sharding(("batch", "length"), (eval_batch, prompt), mesh)
       tokens = jax.ShapeDtypeStruct((eval_batch, prompt), jnp.int32, sharding=tok_sh)
@@ -306,11 +311,14 @@ def run_aot(topology: str, num_slices: int = 1, headroom: float = 0.0,
   return reports
 
 
-def _quiet_libtpu() -> None:
+def quiet_libtpu() -> None:
   """libtpu looks for the TPU VM it runs on and prints warnings when there is
-  none; a topology compile needs no VM, so give it placeholders."""
+  none; a topology compile needs no VM, so give it placeholders. Its
+  one-process lock file (/tmp/libtpu_lockfile) is not needed either: no
+  TPU is opened, and compiles may run side by side."""
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -329,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parse_topology(a.topology)
   except ValueError as e:
     raise SystemExit(str(e)) from e
-  _quiet_libtpu()
+  quiet_libtpu()
   # The run directory and the data are never read: placeholders for the
   # macros the run files require (the user's bindings still come last).
   launch.parse_gin(a.gin_file, list(PLACEHOLDERS) + a.gin_bindings)

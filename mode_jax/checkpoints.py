@@ -79,7 +79,9 @@ def _check_tree(expected: dict, found: dict, path: str) -> None:
     if tuple(g.shape) != tuple(e.shape):
       raise ValueError(f"base checkpoint {path!r}: parameter {k!r} has shape "
                        f"{tuple(g.shape)}, expected {tuple(e.shape)}")
-    if np.dtype(g.dtype) != np.dtype(e.dtype):
+    if np.dtype(g.dtype) != np.dtype(e.dtype) and not (
+        jax.numpy.issubdtype(g.dtype, jax.numpy.floating)
+        and jax.numpy.issubdtype(e.dtype, jax.numpy.floating)):  # floats are cast on restore
       raise ValueError(f"base checkpoint {path!r}: parameter {k!r} has dtype "
                        f"{np.dtype(g.dtype)}, expected {np.dtype(e.dtype)}")
 
@@ -94,8 +96,9 @@ def restore_base(path: str, model: nnx.Module, mesh: jax.sharding.Mesh | None = 
   """Loads base parameters into `model` (concrete or abstract), in place.
 
   Each array is read directly into its logical-axis sharding on `mesh` (or
-  the default device), never gathered on one device. Shape or dtype
-  mismatches name the offending parameter.
+  the default device), never gathered on one device, in the model's
+  parameter dtype (a float32 checkpoint loads into a bfloat16 base). Shape
+  or (non-float) dtype mismatches name the offending parameter.
   """
   path = files.absolute(path)
   state_dir = files.join(path, BASE_STATE)
@@ -114,6 +117,10 @@ def restore_base(path: str, model: nnx.Module, mesh: jax.sharding.Mesh | None = 
     found = getattr(found, "tree", found)
     _check_tree(target, found, path)
     restored = ckptr.restore(state_dir, target)
+  # Orbax reads into the target dtype (a float32 base into a bfloat16 model);
+  # make sure of it rather than hold a wider copy.
+  restored = jax.tree.map(lambda x, t: x if x.dtype == t.dtype else x.astype(t.dtype),
+                          restored, target)
   nnx.replace_by_pure_dict(base_state, restored)
   nnx.update(model, base_state)
 

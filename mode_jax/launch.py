@@ -134,8 +134,25 @@ def write_operative_config(model_dir: str, name: str = "config.gin") -> str:
   return text
 
 
+def default_platform() -> None:
+  """With `libtpu` installed (the [tpu] extra) but no TPU on this machine,
+  use the CPU without JAX first probing for a TPU, which prints libtpu's
+  warnings; JAX_PLATFORMS, a GPU plugin or a TPU device leave JAX's choice."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+    return
+  if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+    return
+  if any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin",
+                                               "jax_rocm7_plugin")):
+    return
+  jax.config.update("jax_platforms", "cpu")
+
+
 def parse_and_run(fn: Callable, argv=None):
   """The body of every `__main__`: flags, gin, run."""
+  default_platform()
   args = parse_flags(sys.argv[1:] if argv is None else argv)
   if args.multihost:
     jax.distributed.initialize()

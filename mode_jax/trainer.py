@@ -98,11 +98,20 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
     if micro_batches == 1:
       (_, (stats, loss, aux)), grads = grad_fn(params, astate, frozen, batch, total)
     else:
+      # Micro-batch a takes rows a, a + A, a + 2A, ...: each device's rows
+      # split evenly over the micro-batches, so every micro-batch stays
+      # sharded over all data-parallel devices without moving a row.
       mbs = jax.tree.map(
-          lambda x: x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:]), batch)
+          lambda x: sharding.constrain(
+              x.reshape(x.shape[0] // micro_batches, micro_batches, *x.shape[1:]).swapaxes(0, 1),
+              (None, "batch", "length")), batch)
 
       def body(carry, mb):
-        (_, (s, l, a)), g = grad_fn(params, astate, frozen, mb, total)
+        # The barrier ties the frozen base to this iteration's micro-batch, so
+        # XLA cannot hoist the base's FSDP all-gathers out of the loop, which
+        # would hold every gathered base weight for the whole step.
+        frozen_i, mb = jax.lax.optimization_barrier((frozen, mb))
+        (_, (s, l, a)), g = grad_fn(params, astate, frozen_i, mb, total)
         acc_l, acc_a, acc_g = carry
         return (acc_l + l, acc_a + a, jax.tree.map(jnp.add, acc_g, g)), s
 

@@ -5,11 +5,15 @@ mesh of the 8 fake devices, so shape or sharding mistakes at the real sizes
 fail here rather than on a TPU pod.
 """
 
+import importlib.util
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from mode_jax import adapters
+from mode_jax import aot
 from mode_jax import models
 from mode_jax import optim
 from mode_jax import sharding
@@ -45,3 +49,69 @@ def test_gemma_2b_mode_train_step_lowers(layout):
   donated = ["tf.aliasing_output" in a or "jax.buffer_donor" in a for a in args]
   assert sum(donated[:n_state]) >= n_state - 1  # all but possibly a scalar
   assert not any(donated[n_state:n_state + n_frozen])
+
+
+# --- Compiled by the TPU compiler (libtpu) for a real topology, on this CPU. ---
+
+_NO_LIBTPU = importlib.util.find_spec("libtpu") is None
+needs_libtpu = pytest.mark.skipif(
+    _NO_LIBTPU, reason="libtpu is not installed (pip install -r requirements-tpu.txt); "
+                       "the TPU compiler is what mode_jax.aot measures with")
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_paper_config_fits_its_topology_with_headroom(capsys):
+  """main_mode16x4.gin's train step, compiled for the v5e-32 its header names,
+  needs at most 90% of a chip's HBM (about 2 minutes of compiling on one core)."""
+  rc = aot.main(["--gin_file=experiments/main_mode16x4.gin", "--topology=v5e-32",
+                 "--headroom=0.1", "--no_decode"])
+  out = capsys.readouterr().out
+  assert rc == 0, out
+  assert "train step: fits" in out and "aot: every step fits on v5e-32" in out
+  gib = float(re.search(r"fits: ([\d.]+) GiB of 15.75 GiB", out).group(1))
+  assert 0 < gib <= 0.9 * 15.75
+
+
+@needs_libtpu
+def test_run_that_does_not_fit_is_reported_and_exits_non_zero(capsys):
+  """Gemma 2B's float32 base and whole [8, 1024, 256128] float32 logits per chip
+  (no micro-batches, no chunked loss) on a v5e-16: the TPU compiler's verdict
+  is reported as not fitting, exit 1. Two layers keep the compile short."""
+  rc = aot.main(["--gin_file=experiments/main_mode16x4.gin", "--topology=v5e-16",
+                 "--no_decode", "--gin_bindings=models.ModelConfig.num_layers = 2",
+                 "--gin_bindings=models.ModelConfig.param_dtype = 'float32'",
+                 "--gin_bindings=train.micro_batches = 1",
+                 "--gin_bindings=train.loss_chunk = 0"])
+  out = capsys.readouterr().out
+  assert rc == 1, out
+  assert "train step: DOES NOT FIT" in out and "do(es) not fit on v5e-16" in out
+
+
+def test_topology_names_and_bad_input():
+  chip, n = aot.parse_topology("v5e-32")
+  assert (chip.prefix, n, chip.shapes[n]) == ("v5e", 32, "4x8")
+  chip, n = aot.parse_topology("v4-32")  # v4 and v5p names count cores, two per chip
+  assert (chip.prefix, chip.chip_config, n, chip.shapes[n]) == ("v4", "megacore", 16, "2x2x4")
+  assert "v5p-128" in aot.topology_names() and "v6e-256" in aot.topology_names()
+  with pytest.raises(ValueError, match="unknown --topology 'v5e-33'; known: .*v5e-32"):
+    aot.parse_topology("v5e-33")
+  with pytest.raises(SystemExit, match="unknown --topology 'tpu'"):
+    aot.main(["--gin_file=experiments/main_mode16x4.gin", "--topology=tpu"])
+
+
+@needs_libtpu
+@pytest.mark.parametrize("kind", sorted(aot.CHIPS))
+def test_hbm_per_chip_is_what_the_compiler_allows(kind):
+  """A program needing 400 GiB on one chip fails to compile; the compiler's
+  message names the HBM available, which must be the table's."""
+  aot.quiet_libtpu()
+  name = next(n for n in aot.topology_names() if n.startswith(kind + "-"))
+  dev = aot.topology_devices(name)[0]
+  mesh = jax.sharding.Mesh([dev], ("x",))
+  x = jax.ShapeDtypeStruct((100 * 2 ** 30,), jnp.float32,
+                           sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  with pytest.raises(Exception, match=r"available HBM \((\d+\.\d+)G\)") as err:
+    jax.jit(lambda a: a * 2).lower(x).compile()
+  got = float(re.search(r"available HBM \((\d+\.\d+)G\)", str(err.value)).group(1))
+  assert got * 2 ** 30 == pytest.approx(aot.CHIPS[kind].hbm_bytes, rel=1e-3)

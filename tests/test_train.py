@@ -286,3 +286,32 @@ def test_base_checkpoint_mismatch_names_the_parameter(tmp_path):
   checkpoints.restore_base(str(tmp_path / "base"), adapted)
   toks = jax.random.randint(jax.random.key(0), (1, 5), 0, cfg.vocab_size)
   np.testing.assert_allclose(adapted(toks), models.build_model(cfg)(toks), atol=1e-6)
+
+
+def test_float32_base_checkpoint_loads_into_a_bfloat16_base(tmp_path):
+  """param_dtype="bfloat16" holds the frozen base in bfloat16 (adapters stay
+  float32) whatever the stored dtype; the values are the stored ones, cast."""
+  from mode_jax.models import pretrained
+  cfg = models.get_config("tiny")
+  f32 = models.build_model(cfg, seed=1)
+  checkpoints.save_base(str(tmp_path / "base"), f32, source="test")
+  bf16 = cfg.replace(param_dtype="bfloat16")
+  model = pretrained.from_pretrained(str(tmp_path / "base"), adapters.AdapterConfig(kind="lora"),
+                                     model=bf16)
+  _, params, _, frozen = trainer.split_model(model)
+  assert {v.dtype for v in jax.tree.leaves(frozen)} == {jax.numpy.bfloat16}
+  assert {v.dtype for v in jax.tree.leaves(params)} == {jax.numpy.float32}
+  want = f32.layers[0].mlp.up.kernel.get_value().astype(jax.numpy.bfloat16)
+  np.testing.assert_array_equal(model.layers[0].mlp.up.kernel.get_value(), want)
+
+
+@pytest.mark.parametrize("batch,micro", [(12, 1), (16, 4), (15, 1)])
+def test_batch_that_cannot_split_over_the_mesh_fails_at_start_up(tmp_path, batch, micro):
+  """Never a silent replication: a micro-batch must split over the 8 data-parallel
+  devices; the error names BATCH_SIZE, the micro-batches and the mesh, before
+  any data or model is built."""
+  with pytest.raises(ValueError, match=rf"BATCH_SIZE={batch} with micro_batches={micro} .*"
+                                       r"8 data-parallel devices .*data=8 x fsdp=1 x model=1"):
+    _train(str(tmp_path / "run"), str(tmp_path / "cache"), 1,
+           [f"BATCH_SIZE = {batch}", f"train.micro_batches = {micro}", "SNI_DIR = '/nonexistent'"])
+  assert not os.path.exists(tmp_path / "run")

@@ -71,7 +71,7 @@ def setup_commands(vm: TpuVm, commit: str | None = None, repo_url: str | None = 
     return [vm.ssh(f"{fetch} && {install}")]
   name = archive.rsplit("/", 1)[-1]
   return [["git", "archive", "--format=tar.gz", "-o", archive, "HEAD"],
-          vm.scp(archive, f"~/{name}"),
+          vm.scp(archive, name),  # relative: the worker's home directory
           vm.ssh(f"mkdir -p {vm.workdir} && tar -xzf ~/{name} -C {vm.workdir} && {install}")]
 
 
@@ -103,13 +103,18 @@ def job_script(steps: Sequence[tuple[str, str, Sequence[str]]], sweep: str) -> s
         "kill $U",
         f"{copy}",
         "[ $RC -eq 0 ] || exit $RC"]
-  return "\n".join(lines)
+  return one_line(lines)
+
+
+def one_line(lines: Sequence[str]) -> str:
+  """Shell statements joined on one line (`&` already ends a statement)."""
+  return "".join(l + (" " if l.endswith("&") else "; ") for l in lines[:-1]) + lines[-1]
 
 
 def start_command(vm: TpuVm, steps: Sequence[tuple[str, str, Sequence[str]]],
                   sweep: str) -> list[str]:
   """Starts `job_script` detached on every worker; its process group id goes to a pid file."""
-  script = f"cd {vm.workdir}\n" + job_script(steps, sweep)
+  script = f"cd {vm.workdir}; " + job_script(steps, sweep)
   pid = f"{RUNS_DIR}/{sweep}.pid"
   inner = (f"mkdir -p {RUNS_DIR} && setsid nohup bash -c {shlex.quote(script)} "
            f"> {RUNS_DIR}/{sweep}.out 2>&1 < /dev/null & echo $! > {pid}")

@@ -27,7 +27,9 @@ class ModelConfig:
     rope_base: rotary base wavelength.
     norm_eps: RMSNorm epsilon.
     dtype: activation dtype ("float32" or "bfloat16").
-    param_dtype: parameter dtype.
+    param_dtype: dtype of the base parameters (the frozen base: "bfloat16"
+      halves its memory; adapters and their optimizer state are float32
+      whatever this is).
     query_pre_attn_scalar: queries are scaled by its -1/2 power (None:
       head_dim).
     attn_logit_softcap: Gemma 2 attention soft-cap (None: off).

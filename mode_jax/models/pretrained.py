@@ -67,8 +67,9 @@ def read_config(path: str, model: str | config_lib.ModelConfig | None = None,
       the named config's).
     dtype: activation dtype (default: `param_dtype`).
 
-  A base checkpoint keeps its stored config and parameter dtype (only
-  `dtype` applies); a `model` whose shapes differ from it is an error.
+  A base checkpoint keeps its stored config; only `dtype` and the parameter
+  dtype (`param_dtype`, else the named model's) may differ, and a `model`
+  whose shapes differ from it is an error.
   """
   path = os.fspath(path)
   kind = detect_layout(path)
@@ -81,7 +82,8 @@ def read_config(path: str, model: str | config_lib.ModelConfig | None = None,
     if named is not None and named.replace(**same) != cfg:
       raise PretrainedError(f"base checkpoint {path!r} holds model {cfg}, but the requested "
                             f"model is {named}")
-    return cfg.replace(dtype=dtype or cfg.dtype)
+    pdt = param_dtype or (named.param_dtype if named is not None else cfg.param_dtype)
+    return cfg.replace(dtype=dtype or cfg.dtype, param_dtype=pdt)
   if named is not None:  # its own dtypes unless overridden
     cfg = named
     cfg = cfg.replace(param_dtype=param_dtype or cfg.param_dtype)

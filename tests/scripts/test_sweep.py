@@ -36,7 +36,7 @@ def _script(names, log_copy):
       lines += [f"({_inner(entry, name)}) > {log} 2>&1 &", "P=$!",
                 f"(while sleep 60; do {copy} >/dev/null 2>&1; done) &", "U=$!",
                 "wait $P; RC=$?", "kill $U", copy, "[ $RC -eq 0 ] || exit $RC"]
-  return "\n".join(lines)
+  return tpu_vm.one_line(lines)
 
 
 SSH = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-v5e-32", "--zone", "us-west4-a",
@@ -59,7 +59,7 @@ def test_tpu_dry_run_exact_commands(scripts, capsys):
            "> ~/mode_jax_runs/main.out 2>&1 < /dev/null & echo $! > ~/mode_jax_runs/main.pid")
   assert lines[0] == shlex.join(SSH + [inner])
   # What each worker's shell runs: exactly the entry points' argv.
-  train = shlex.split(script.splitlines()[4][1:].split(") > ")[0])
+  train = shlex.split(script.split("; (", 1)[1].split(") > ")[0])
   assert train[:5] == ["python3", "-m", "mode_jax.train", "--multihost", f"--gin_file={GIN}"]
   assert '--gin_bindings=MODEL_DIR="gs://bkt/sweeps/mode_m4_R4_p1_s0"' in train
 
@@ -74,7 +74,7 @@ def test_tpu_dry_run_exact_commands(scripts, capsys):
   install = "cd ~/mode_jax && python3 -m pip install --quiet -e '.[tpu]'"
   assert capsys.readouterr().out.strip().splitlines() == [
       "git archive --format=tar.gz -o /tmp/mode_jax.tar.gz HEAD",
-      "gcloud compute tpus tpu-vm scp /tmp/mode_jax.tar.gz 'my-v5e-32:~/mode_jax.tar.gz' "
+      "gcloud compute tpus tpu-vm scp /tmp/mode_jax.tar.gz my-v5e-32:mode_jax.tar.gz "
       "--zone us-west4-a --worker=all",
       shlex.join(SSH + ["mkdir -p ~/mode_jax && tar -xzf ~/mode_jax.tar.gz -C ~/mode_jax && "
                         + install])]
