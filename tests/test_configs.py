@@ -2,6 +2,7 @@
 
 import glob
 import os
+import re
 
 import pytest
 
@@ -48,3 +49,23 @@ def test_adapter_files_bind_the_kind(kind):
                     "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 4}"])
   acfg = launch.query("train.adapter")
   assert acfg.kind == kind and acfg.rank == 8
+
+
+@pytest.mark.parametrize("name", sorted(MAIN) + ["sweep_gemma_2b"])
+def test_paper_configs_name_their_topology_and_split_over_it(name):
+  """The header's `# Topology:` is a known TPU slice (what mode_jax.aot and
+  benchmarks/aot_configs.py compile for) and each micro-batch and evaluation
+  batch splits over its chips (FSDP over all of them, no tensor parallelism)."""
+  from mode_jax import aot
+  path = os.path.join(CONFIGS, "experiments", f"{name}.gin")
+  topology = re.search(r"^# Topology: (\S+)$", open(path).read(), re.M).group(1)
+  _, chips = aot.parse_topology(topology)
+  launch.parse_gin([f"experiments/{name}.gin"], ["MODEL_DIR = 'x'", "SNI_DIR = 'y'"])
+  mesh = launch.query("train.mesh")
+  assert (mesh.data, mesh.fsdp, mesh.model) == (1, -1, 1)
+  micro = launch.query("train.micro_batches")
+  assert (launch.query("train.batch_size") // micro) % chips == 0
+  eval_batch = launch.query("evaluate.batch_size" if name.startswith("sweep")
+                            else "train.eval_batch_size")
+  assert eval_batch % chips == 0
+  assert experiment.model_config(launch.query("train.model")).param_dtype == "bfloat16"

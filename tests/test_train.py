@@ -271,7 +271,9 @@ def test_gradient_accumulation_equals_the_full_batch():
     np.testing.assert_allclose(loss, results[0][0], rtol=1e-5)
     np.testing.assert_allclose(gnorm, results[0][1], rtol=1e-4)
     for p, v in new.items():
-      np.testing.assert_allclose(v, results[0][2][p], rtol=1e-4, atol=1e-7, err_msg=str(p))
+      # AdamW's first step is lr * g / (|g| + eps): where g is tiny, a change
+      # of summation order moves it by up to ~1e-6 (lr 1e-3).
+      np.testing.assert_allclose(v, results[0][2][p], rtol=1e-4, atol=1e-6, err_msg=str(p))
 
 
 def test_base_checkpoint_mismatch_names_the_parameter(tmp_path):
@@ -299,8 +301,8 @@ def test_float32_base_checkpoint_loads_into_a_bfloat16_base(tmp_path):
   model = pretrained.from_pretrained(str(tmp_path / "base"), adapters.AdapterConfig(kind="lora"),
                                      model=bf16)
   _, params, _, frozen = trainer.split_model(model)
-  assert {v.dtype for v in jax.tree.leaves(frozen)} == {jax.numpy.bfloat16}
-  assert {v.dtype for v in jax.tree.leaves(params)} == {jax.numpy.float32}
+  assert {v.dtype for v in jax.tree.leaves(frozen)} == {jax.numpy.dtype("bfloat16")}
+  assert {v.dtype for v in jax.tree.leaves(params)} == {jax.numpy.dtype("float32")}
   want = f32.layers[0].mlp.up.kernel.get_value().astype(jax.numpy.bfloat16)
   np.testing.assert_array_equal(model.layers[0].mlp.up.kernel.get_value(), want)
 
