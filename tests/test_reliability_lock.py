@@ -120,3 +120,47 @@ def test_lock_left_by_this_process_is_taken_over(tmp_path, caplog):
     lock = runlock.try_acquire(str(tmp_path))
   assert "earlier run in this process" in caplog.text
   lock.release()
+
+
+_TWO_PROCESS_SCRIPT = """
+import os, sys
+pid, port, d = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+import jax
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                           process_id=pid)
+from jax.experimental import multihost_utils
+from mode_jax import runlock
+try:
+  runlock.acquire(d)
+  print("ROUND1 HELD", flush=True)
+except runlock.RunLockHeld as e:
+  print("ROUND1 REFUSED", e, flush=True)
+multihost_utils.sync_global_devices("round1")
+if pid == 0:
+  os.remove(os.path.join(d, runlock.LOCK_NAME))
+multihost_utils.sync_global_devices("round2")
+lock = runlock.acquire(d)
+print("ROUND2", "held" if lock.held else "placeholder", os.getpid(), flush=True)
+multihost_utils.sync_global_devices("round3")
+lock.release()
+"""
+
+
+@pytest.mark.slow
+def test_two_process_run_process_0_holds_and_both_stop_when_held(tmp_path):
+  """Real jax.distributed processes on 127.0.0.1: process 0 holds, everyone agrees."""
+  _write_lock(tmp_path, "tpu-vm-7", age_s=0)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  script = tmp_path / "two.py"
+  script.write_text(_TWO_PROCESS_SCRIPT)
+  procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(tmp_path)],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs
+  assert "ROUND1 REFUSED MODEL_DIR" in outs[0] and "host 'tpu-vm-7'" in outs[0]
+  assert "ROUND1 REFUSED" in outs[1] and "process 0" in outs[1]
+  assert "ROUND2 held" in outs[0] and "ROUND2 placeholder" in outs[1]
+  assert not (tmp_path / runlock.LOCK_NAME).exists()
