@@ -49,6 +49,8 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
       the training run in model_dir (its operative config), else False.
     predictions_file: write per-example JSONL here (relative to model_dir).
   """
+  launch.check_arguments(evaluate, locals())  # Settings first, before any heavy work.
+  launch.check_feature_lengths(task_feature_lengths)
   from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
   from mode_jax.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   from mode_jax.data import vocab  # pylint: disable=g-import-not-at-top

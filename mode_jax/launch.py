@@ -32,6 +32,7 @@ from mode_jax import adapters
 from mode_jax import files
 from mode_jax import models
 from mode_jax import optim
+from mode_jax import runlock
 from mode_jax import sharding
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -270,6 +271,8 @@ def call_configured(fn: Callable):
   """Calls a gin-configured entry point; missing required values name the macro."""
   try:
     return fn()
+  except runlock.RunLockHeld as e:  # Not a crash: another trainer owns MODEL_DIR.
+    raise SystemExit(f"RunLockHeld: {e}") from e
   except RuntimeError as e:
     msg = str(e)
     if not msg.startswith("Required bindings"):

@@ -134,13 +134,13 @@ try:
   runlock.acquire(d)
   print("ROUND1 HELD", flush=True)
 except runlock.RunLockHeld as e:
-  print("ROUND1 REFUSED", e, flush=True)
+  print(f"ROUND1 REFUSED {e}", flush=True)
 multihost_utils.sync_global_devices("round1")
 if pid == 0:
   os.remove(os.path.join(d, runlock.LOCK_NAME))
 multihost_utils.sync_global_devices("round2")
 lock = runlock.acquire(d)
-print("ROUND2", "held" if lock.held else "placeholder", os.getpid(), flush=True)
+print(f"ROUND2 {'held' if lock.held else 'placeholder'}", flush=True)
 multihost_utils.sync_global_devices("round3")
 lock.release()
 """
@@ -156,10 +156,11 @@ def test_two_process_run_process_0_holds_and_both_stop_when_held(tmp_path):
   script = tmp_path / "two.py"
   script.write_text(_TWO_PROCESS_SCRIPT)
   procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(tmp_path)],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
-  outs = [p.communicate(timeout=300)[0] for p in procs]
-  assert all(p.returncode == 0 for p in procs), outs
+  done = [p.communicate(timeout=300) for p in procs]
+  outs = [out for out, _ in done]
+  assert all(p.returncode == 0 for p in procs), done
   assert "ROUND1 REFUSED MODEL_DIR" in outs[0] and "host 'tpu-vm-7'" in outs[0]
   assert "ROUND1 REFUSED" in outs[1] and "process 0" in outs[1]
   assert "ROUND2 held" in outs[0] and "ROUND2 placeholder" in outs[1]

@@ -5,6 +5,8 @@ reached), so each error is proven to come before any model is built or any
 weight read; the command-line tests run the real entry point.
 """
 
+import glob
+import inspect
 import os
 import subprocess
 import sys
@@ -102,3 +104,21 @@ def test_unknown_mixture_is_named_before_the_model(tmp_path, tripwire):
                                        r"'sni_train'"):
     _train(tmp_path / "run", "MIXTURE_OR_TASK_NAME = 'sni_trian'", cache=tmp_path / "cache")
   assert not (tmp_path / "run" / "RUN_LOCK.json").exists()  # Data is checked before the lock.
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "experiments",
+                                                             "*.gin"))))
+def test_shipped_experiment_files_pass_the_type_checks(path):
+  from mode_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  files, bindings = [path], ["MODEL_DIR = 'x'", "SNI_DIR = 'y'"]
+  if "sweep" in path:  # Sweeps add each point's adapter file and its macros.
+    files, bindings = [path, "adapters/mode.gin"], bindings + ["RANK = 4", "EXPERTS = 4"]
+  launch.parse_gin(files, bindings)
+  for fn, name in ((train_lib.train, "train"), (eval_lib.evaluate, "evaluate")):
+    values = {}
+    for p in inspect.signature(inspect.unwrap(fn)).parameters:
+      try:
+        values[p] = launch.query(f"{name}.{p}")
+      except ValueError:
+        pass
+    launch.check_arguments(fn, values)
