@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from mode_jax import adapters as adapters_lib
+from mode_jax import checkpoint_healing as healing
 from mode_jax import files
 from mode_jax import sharding
 from mode_jax.models import config as config_lib
@@ -132,7 +133,10 @@ class RunCheckpointer:
   state, adapter state such as balancing biases), the data position and the
   operative gin config; never the frozen base. Orbax writes each step to a
   temporary directory and renames it when complete, so a kill mid-save
-  leaves the previous checkpoint as the latest complete one.
+  leaves the previous checkpoint as the latest complete one. The restore
+  methods heal (`checkpoint_healing.heals`): without a step they use the
+  newest step that reads completely; damaged or incomplete steps are
+  reported and skipped, and `restore` (the trainer's) moves them aside.
   """
 
   def __init__(self, model_dir: str, *, save_interval_steps: int = 1000,
@@ -177,6 +181,7 @@ class RunCheckpointer:
       raise FileNotFoundError(f"no complete checkpoint in {self.directory!r}")
     return step
 
+  @healing.heals(move_aside=True)
   def restore(self, abstract_state: dict, step: int | None = None) -> tuple[Any, dict, str]:
     """Restores (train state, data_state, gin config) of `step` (default: latest)."""
     step = self._step(step)
@@ -188,6 +193,7 @@ class RunCheckpointer:
     state = dict(out.adapters, opt_state=out.opt_state)
     return state, dict(out.data), out.config.get("gin", "")
 
+  @healing.heals(move_aside=False)
   def restore_adapters(self, abstract_adapters: dict, step: int | None = None) -> dict:
     """Restores {"step", "params", "adapter_state"} only (evaluation, export)."""
     step = self._step(step)
@@ -195,6 +201,7 @@ class RunCheckpointer:
         adapters=ocp.args.StandardRestore(abstract_adapters)))
     return dict(out.adapters)
 
+  @healing.heals(move_aside=False)
   def restore_config(self, step: int | None = None) -> str:
     """The gin config text saved with `step` (default: latest)."""
     out = self.manager.restore(self._step(step), args=ocp.args.Composite(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Mapping
 
 import gin
@@ -32,7 +33,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
              sni_dir: str = gin.REQUIRED,
              adapter: adapters_lib.AdapterConfig | None = None,
              base_checkpoint: str | None = None, sni: Any = None,
-             vocab_path: str | None = None, allow_missing: bool = False,
+             vocab_path: str | None = None, allow_missing: bool | None = None,
              tasks: Any = None, split: str = "validation", checkpoint_step: int | None = None,
              batch_size: int = 16, max_decode_len: int = 64,
              mesh: sharding.MeshConfig = sharding.MeshConfig(),
@@ -44,14 +45,20 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
       the base model alone is evaluated.
     tasks: SNI task names (default: the registered train-split tasks for
       split="validation", the test-split tasks for split="test").
+    allow_missing: accept a partial SNI copy; None (default): the choice of
+      the training run in model_dir (its operative config), else False.
     predictions_file: write per-example JSONL here (relative to model_dir).
   """
+  launch.check_arguments(evaluate, locals())  # Settings first, before any heavy work.
+  launch.check_feature_lengths(task_feature_lengths)
   from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
   from mode_jax.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   from mode_jax.data import vocab  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(sni_dir):
     raise FileNotFoundError(f"SNI_DIR {sni_dir!r} is not a directory")
   sni = sni or data_config.SniConfig(max_input_tokens=task_feature_lengths["inputs"])
+  if allow_missing is None:
+    allow_missing = training_allow_missing(model_dir)
   mesh_ = experiment.make_mesh(mesh)
   model_ = experiment.build_model(model, adapter, mesh_, base_checkpoint=base_checkpoint,
                                   seed=seed)
@@ -66,7 +73,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
     ckpt.close()
   if tasks is None:
     reg = tasks_lib.register_sni(sni_dir, sni, vocab_path=vocab_path,
-                                 allow_missing=allow_missing,
+                                 allow_missing=allow_missing, case_study=False, test=False,
                                  split="test" if split == "test" else "train")
     tasks = reg.selected
   examples = tasks_lib.eval_examples(sni_dir, list(tasks), sni, split=split,
@@ -92,6 +99,17 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
         f"exact_match={metrics['overall']['exact_match']:.2f} on {len(records)} examples",
         flush=True)
   return metrics
+
+
+def training_allow_missing(model_dir: str) -> bool:
+  """`train.allow_missing` of the run in model_dir (False without a run config)."""
+  for name in ("config.gin", "config_start.gin"):
+    path = files.join(model_dir, name)
+    if files.exists(path):
+      m = re.search(r"^train\.allow_missing\s*=\s*(True|False)\s*$", files.read_text(path),
+                    re.MULTILINE)
+      return bool(m) and m.group(1) == "True"
+  return False
 
 
 if __name__ == "__main__":

@@ -4,16 +4,23 @@ Every entry point (`python -m mode_jax.train`, `.eval`, `.infer`, `.export`)
 calls `parse_and_run(fn)`: `--gin_file` (repeatable, searched relative to
 `configs/`) and `--gin_bindings` are parsed with the library's configs
 registered as gin externals; unknown configurables or parameters and
-missing required values fail at start-up naming them.
+missing required values fail at start-up naming them. So does a binding of a
+macro that no included file uses (the nearest existing macro is suggested),
+and `check_arguments` names any setting whose value has the wrong type.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections.abc
+import difflib
+import inspect
 import os
 import re
 import sys
-from typing import Callable, Sequence
+import types
+import typing
+from typing import Any, Callable, Mapping, Sequence
 
 # Quiet TensorFlow's C++ start-up logs (the data pipeline imports it).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,6 +32,7 @@ from mode_jax import adapters
 from mode_jax import files
 from mode_jax import models
 from mode_jax import optim
+from mode_jax import runlock
 from mode_jax import sharding
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -67,7 +75,17 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
                   help="gin binding, repeatable, e.g. TRAIN_STEPS=100")
   ap.add_argument("--multihost", action="store_true",
                   help="call jax.distributed.initialize() (TPU pods, multi-host GPU)")
+  ap.add_argument("--restore_step", type=int, default=None,
+                  help="resume (train) or evaluate (eval, infer) this checkpoint step "
+                       "instead of the latest complete one")
   return ap.parse_args(argv)
+
+
+def restore_step_bindings(step: int | None) -> list[str]:
+  """The gin bindings of `--restore_step` (every entry point reads its own)."""
+  if step is None:
+    return []
+  return [f"train.restore_step = {step}", f"evaluate.checkpoint_step = {step}"]
 
 
 def _resolve(path: str) -> str:
@@ -93,6 +111,144 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
     raise SystemExit(f"gin configuration error: {str(e).splitlines()[0]}") from e
   finally:
     os.chdir(cwd)
+  check_macro_bindings(bindings)
+
+
+# gin keeps its bindings in `_CONFIG`: {(scope, selector): {param: value}};
+# macro `FOO = 1` is {("FOO", "gin.macro"): {"value": 1}} and `%FOO` is a
+# ConfigurableReference to "FOO/gin.macro". gin has no public walk of them.
+_MACRO = "gin.macro"
+_BINDING_NAME = re.compile(r"^\s*([A-Za-z_][\w/.]*)\s*=")
+
+
+def _macro_refs(value, out: set) -> None:
+  stack = [value]
+  while stack:
+    v = stack.pop()
+    if isinstance(v, gin.config.ConfigurableReference):
+      if v.configurable.selector == _MACRO:
+        out.add(v.scoped_selector.rsplit("/", 1)[0])
+    elif isinstance(v, (list, tuple, set)):
+      stack += list(v)
+    elif isinstance(v, dict):
+      stack += list(v.keys()) + list(v.values())
+
+
+def defined_and_used_macros() -> tuple[set, set]:
+  """(macros defined, macros referenced by some binding) in gin's current config."""
+  defined, used = set(), set()
+  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    if selector == _MACRO:
+      defined.add(scope)
+    for v in params.values():
+      _macro_refs(v, used)
+  return defined, used
+
+
+def check_macro_bindings(bindings: Sequence[str]) -> None:
+  """A binding of a macro no included file uses fails, listing the macros that exist.
+
+  Raises:
+    SystemExit: naming the macro, the nearest used macro and all used ones.
+  """
+  defined, used = defined_and_used_macros()
+  for b in bindings:
+    m = _BINDING_NAME.match(b)
+    if not m or "." in m.group(1) or m.group(1) in used or m.group(1) not in defined:
+      continue
+    name = m.group(1)
+    near = difflib.get_close_matches(name, sorted(used), n=1, cutoff=0.6)
+    raise SystemExit(
+        f"gin configuration error: binding {b.strip()!r} sets macro {name}, which no "
+        f"included gin file uses" + (f"; did you mean {near[0]}?" if near else ".")
+        + f" Macros in use: {', '.join(sorted(used))}")
+
+
+def _macro_of(fn_name: str, param: str) -> str | None:
+  """The macro bound to `fn_name.param` in gin's config (None: a plain value)."""
+  try:
+    value = gin.query_parameter(f"{fn_name}.{param}")
+  except (ValueError, KeyError):
+    return None
+  if isinstance(value, gin.config.ConfigurableReference) and \
+      value.configurable.selector == _MACRO:
+    return value.scoped_selector.rsplit("/", 1)[0]
+  return None
+
+
+def _matches(value, hint) -> bool:
+  """Whether `value` is of the annotated type `hint` (simple, Union, Mapping, Sequence)."""
+  if hint is Any or isinstance(hint, typing.TypeVar):
+    return True
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if origin in (typing.Union, types.UnionType):
+    return any(_matches(value, a) for a in args)
+  if hint is type(None):
+    return value is None
+  if origin in (collections.abc.Mapping, dict):
+    return isinstance(value, collections.abc.Mapping) and (not args or all(
+        _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items()))
+  if origin in (collections.abc.Sequence, list, tuple):
+    if not isinstance(value, (list, tuple)):
+      return False
+    if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[int, str]
+      return len(value) == len(args) and all(map(_matches, value, args))
+    return all(_matches(v, args[0] if args else Any) for v in value)
+  if hint is bool:
+    return isinstance(value, bool)
+  if hint is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if hint is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(hint, type):
+    return isinstance(value, hint)
+  return True
+
+
+def _type_name(hint) -> str:
+  if typing.get_origin(hint) in (typing.Union, types.UnionType):
+    return " or ".join(_type_name(a) for a in typing.get_args(hint))
+  if hint is type(None):
+    return "None"
+  return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else \
+      str(hint).replace("typing.", "").replace("collections.abc.", "")
+
+
+def check_arguments(fn: Callable, values: Mapping[str, Any]) -> None:
+  """Checks each argument of a gin-configured entry point against its annotation.
+
+  Called first thing in the entry point (`check_arguments(train, locals())`),
+  before any heavy work.
+
+  Raises:
+    SystemExit: naming every setting (and its macro) of the wrong type, with
+      the expected type and the value found.
+  """
+  target = inspect.unwrap(fn)
+  hints = typing.get_type_hints(target)
+  name = target.__name__
+  errors = []
+  for param, value in values.items():
+    hint = hints.get(param)
+    if hint is None or value is gin.REQUIRED or _matches(value, hint):
+      continue
+    macro = _macro_of(name, param)
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    errors.append(f"{name}.{param}" + (f" (macro {macro})" if macro else "")
+                  + f" must be {_type_name(hint)}, got {type(value).__name__} {shown}")
+  if errors:
+    raise SystemExit("invalid setting(s): " + "; ".join(errors))
+
+
+def check_feature_lengths(lengths: Mapping[str, int], what: str = "TASK_FEATURE_LENGTHS"):
+  """{"inputs": N, "targets": M} with positive ints, else a SystemExit naming it."""
+  ok = isinstance(lengths, collections.abc.Mapping) and set(lengths) == {"inputs", "targets"}
+  if ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                for v in lengths.values()):
+    return
+  raise SystemExit(f"invalid setting: {what} must be {{'inputs': N, 'targets': M}} with "
+                   f"positive ints, got {lengths!r}")
 
 
 def query(name: str):
@@ -115,6 +271,8 @@ def call_configured(fn: Callable):
   """Calls a gin-configured entry point; missing required values name the macro."""
   try:
     return fn()
+  except runlock.RunLockHeld as e:  # Not a crash: another trainer owns MODEL_DIR.
+    raise SystemExit(f"RunLockHeld: {e}") from e
   except RuntimeError as e:
     msg = str(e)
     if not msg.startswith("Required bindings"):
@@ -158,5 +316,5 @@ def parse_and_run(fn: Callable, argv=None):
     jax.distributed.initialize()
   if not args.gin_file:
     raise SystemExit("at least one --gin_file is required (see configs/)")
-  parse_gin(args.gin_file, args.gin_bindings)
+  parse_gin(args.gin_file, args.gin_bindings + restore_step_bindings(args.restore_step))
   return call_configured(fn)

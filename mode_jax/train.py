@@ -25,6 +25,7 @@ from mode_jax import files
 from mode_jax import launch
 from mode_jax import metrics_log
 from mode_jax import optim
+from mode_jax import runlock
 from mode_jax import sharding
 from mode_jax import trainer
 
@@ -48,7 +49,8 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
           seed: int = 0, log_every: int = 10, checkpoint_every: int = 1000,
           keep_checkpoints: int = 3, async_checkpoint: bool = True,
           eval_every: int = 0, eval_batch_size: int = 16, max_decode_len: int = 64,
-          eval_tasks: Any = None, loss_chunk: int = 256, hooks: Any = None) -> dict:
+          eval_tasks: Any = None, loss_chunk: int = 256, restore_step: int | None = None,
+          hooks: Any = None) -> dict:
   """Trains and returns a summary (final metrics, steps/s, checkpoint path).
 
   Args:
@@ -67,19 +69,27 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
     eval_every: decode-and-score every N steps (0: off).
     loss_chunk: positions per chunk of the output layer and cross-entropy
       (losses.chunked_cross_entropy; 0: the whole [B, L, V] logits at once).
+    restore_step: resume from this checkpoint step (`--restore_step`) instead of
+      the latest complete one; newer steps are set aside (renamed).
     hooks: test hooks, e.g. {"poison_step": k} makes step k's loss NaN.
   """
+  launch.check_arguments(train, locals())  # Settings first, before any heavy work.
+  launch.check_feature_lengths(task_feature_lengths)
   from mode_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from mode_jax.data import tasks  # pylint: disable=g-import-not-at-top
   hooks = dict(hooks or {})
   if train_steps < 1 or batch_size < 1 or micro_batches < 1 or batch_size % micro_batches:
     raise ValueError(f"need train_steps >= 1, batch_size >= 1 divisible by micro_batches; got "
                      f"{train_steps}, {batch_size}, {micro_batches}")
   if adapter is None:
     raise ValueError("ADAPTER is required for training (the base is frozen)")
+  files.check_writable_dir(model_dir, "MODEL_DIR")
   mesh_ = experiment.make_mesh(mesh)
   sharding.check_batch(batch_size, micro_batches, mesh_)
   registration = register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir,
                                 task_feature_lengths)
+  tasks.require_examples(mixture_or_task_name)  # Registered, with examples, files valid.
+  lock = runlock.acquire(model_dir)  # One writer per run directory (process 0 holds it).
 
   _check_vocab(vocab_path, experiment.model_config(model))
   nproc, pid = jax.process_count(), jax.process_index()
@@ -99,8 +109,9 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
                                      max_to_keep=keep_checkpoints, async_save=async_checkpoint)
   config_text = launch.write_operative_config(model_dir, "config_start.gin")
   start = 0
-  if ckpt.latest_step() is not None:
-    state, data_state, _ = ckpt.restore(checkpoints.abstract_like(state))
+  if restore_step is not None or ckpt.latest_step() is not None:
+    state, data_state, _ = ckpt.restore(checkpoints.abstract_like(state), restore_step,
+                                        set_aside_newer=True)
     data.restore(data_state)
     start = int(state["step"])
     print(f"resumed from {ckpt.directory} at step {start}", flush=True)
@@ -125,6 +136,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
       at, m = unchecked.pop(0)
       if not bool(m["finite"]):
         ckpt.close()
+        lock.release()
         raise NonFiniteLossError(
             f"non-finite loss at step {at} (loss={float(m['loss'])}, grad_norm="
             f"{float(m['grad_norm'])}); the update was not applied and the last good "
@@ -162,10 +174,12 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
                                 "routing/mean_entropy"])
         t_last, steps_since = now, 0
         tokens_since = jnp.zeros((), jnp.float32)
+      lock.check()
       ckpt.save(step, state, data.state(), config_text, force=final)
       if do_eval:
         _evaluate(evaluator, state, frozen, model_dir, step, eval_log)
   ckpt.close()
+  lock.release()
   log.close()
   if evaluator is not None:
     eval_log.close()

@@ -166,7 +166,8 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(runs):
 def test_eval_infer_export(runs):
   d = runs["straight"]
   from mode_jax import eval as eval_lib
-  launch.parse_gin(["models/tiny.gin", "adapters/mode.gin", "runs/infer.gin"],
+  launch.parse_gin(["models/tiny.gin", "adapters/mode.gin", "runs/finetune.gin",
+                    "runs/infer.gin"],
                    _bindings(d, runs["cache"], 4, ["evaluate.allow_missing = True",
                                                    f"evaluate.tasks = {list(TASKS)}",
                                                    "evaluate.max_decode_len = 8"]))

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 
 ON_ERROR = ("raise", "skip")
 
@@ -90,7 +91,8 @@ def normalize_category(category: str) -> str:
   return "_".join(category.lower().split())
 
 
-def _str_list(path, obj: dict, field: str, *, nonempty: bool = True) -> tuple[str, ...]:
+def str_list(path, obj: dict, field: str, *, nonempty: bool = True) -> tuple[str, ...]:
+  """The non-empty list of strings `obj[field]`, or a SniFormatError naming it."""
   value = obj.get(field)
   if value is None:
     raise SniFormatError(path, f"missing field {field!r}")
@@ -140,8 +142,6 @@ def _instance(path, i: int, inst) -> Instance:
   if not isinstance(inst.get("input"), str):
     raise SniFormatError(path, f"{where} has no string field 'input'")
   outputs = inst.get("output")
-  if isinstance(outputs, str):
-    outputs = [outputs]
   if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
     raise SniFormatError(path, f"{where}: field 'output' must be a list of strings, got "
                          f"{_short(outputs)}")
@@ -169,17 +169,19 @@ def parse_task(obj, path: str | os.PathLike, on_error: str = "raise") -> TaskRec
     raise ValueError(f"on_error={on_error!r}; allowed: {ON_ERROR}")
   if not isinstance(obj, dict):
     raise SniFormatError(path, f"top level must be a JSON object, got {type(obj).__name__}")
-  definition = _str_list(path, obj, "Definition")
-  categories = _str_list(path, obj, "Categories")
-  langs = [_str_list(path, obj, f) for f in
+  definition = str_list(path, obj, "Definition")
+  categories = str_list(path, obj, "Categories")
+  langs = [str_list(path, obj, f) for f in
            ("Input_language", "Output_language", "Instruction_language")]
-  source = _str_list(path, obj, "Source", nonempty=False)
+  source = str_list(path, obj, "Source", nonempty=False)
   pos = _examples(path, obj, "Positive Examples")
   neg = _examples(path, obj, "Negative Examples")
   raw = obj.get("Instances")
   if not isinstance(raw, list):
     raise SniFormatError(path, "missing field 'Instances'" if raw is None else
                          f"field 'Instances' must be a list, got {type(raw).__name__}")
+  if not raw:
+    raise SniFormatError(path, "field 'Instances' is empty (a task needs at least one)")
   instances, seen, skipped = [], set(), 0
   for i, inst in enumerate(raw):
     try:
@@ -196,12 +198,81 @@ def parse_task(obj, path: str | os.PathLike, on_error: str = "raise") -> TaskRec
     instances.append(rec)
   if skipped:
     logging.warning("SNI: %s: skipped %d of %d instances", path, skipped, len(raw))
+  if not instances:
+    raise SniFormatError(path, f"no valid instance in 'Instances' (all {skipped} skipped)")
   name = os.path.splitext(os.path.basename(os.fspath(path)))[0]
   return TaskRecord(
       name=name, definition=definition[0], positive_examples=pos,
       negative_examples=neg, instances=tuple(instances), categories=categories,
       input_language=langs[0], output_language=langs[1], instruction_language=langs[2],
       source=source, path=str(path), skipped=skipped)
+
+
+def load_json(path: str | os.PathLike, data: bytes | None = None):
+  """Decodes a task file's bytes as strict UTF-8 JSON (a UTF-8 BOM is allowed).
+
+  Args:
+    path: the file (read when `data` is None; always named in errors).
+    data: its bytes, when the caller has them already.
+
+  Returns:
+    The decoded JSON value (any type: callers check the top level).
+
+  Raises:
+    SniFormatError: bytes that are not UTF-8, invalid JSON, nesting deeper
+      than the parser allows, or strings holding lone surrogates (`\\ud800`),
+      which no tokenizer can encode.
+  """
+  if data is None:
+    with open(path, "rb") as f:
+      data = f.read()
+  if data.startswith(b"\xef\xbb\xbf"):
+    data = data[3:]
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise SniFormatError(path, f"not valid UTF-8 at byte {e.start} "
+                         f"({data[e.start:e.start + 4]!r}); SNI files are UTF-8") from e
+  try:
+    obj = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise SniFormatError(path, f"invalid JSON: {e}") from e
+  except RecursionError as e:
+    raise SniFormatError(path, "invalid JSON: nesting deeper than the JSON parser "
+                         "allows") from e
+  if _SURROGATE_ESCAPE.search(text):  # Cheap test first: only escapes make surrogates.
+    _check_surrogates(path, obj)
+  return obj
+
+
+# A \\uD800-\\uDFFF escape; a valid pair decodes to one code point and is fine.
+_SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
+
+
+def _check_surrogates(path, obj) -> None:
+  """Raises naming the field of the first string with an unpaired surrogate."""
+  stack = [(obj, "")]
+  while stack:  # Iterative: nesting depth is bounded only by the parser.
+    value, where = stack.pop()
+    if isinstance(value, dict):
+      stack += [(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()]
+      bad_keys = [k for k in value if not _encodable(k)]
+      if bad_keys:
+        raise SniFormatError(path, f"key {bad_keys[0]!r} in {where or 'top level'} holds an "
+                             "unpaired surrogate (invalid Unicode)")
+    elif isinstance(value, list):
+      stack += [(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif isinstance(value, str) and not _encodable(value):
+      raise SniFormatError(path, f"field {where!r} holds an unpaired surrogate "
+                           f"(invalid Unicode): {_short(value)}")
+
+
+def _encodable(text: str) -> bool:
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
 
 
 def read_task(path: str | os.PathLike, on_error: str = "raise") -> TaskRecord:
@@ -219,13 +290,7 @@ def read_task(path: str | os.PathLike, on_error: str = "raise") -> TaskRecord:
 
   Raises:
     FileNotFoundError: the file does not exist.
-    SniFormatError: invalid JSON or a missing / malformed field, naming the
-      file and the field.
+    SniFormatError: not UTF-8, invalid JSON or Unicode, too deeply nested,
+      or a missing / malformed field, naming the file and the field.
   """
-  with open(path, "rb") as f:
-    data = f.read()
-  try:
-    obj = json.loads(data)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise SniFormatError(path, f"invalid JSON: {e}") from e
-  return parse_task(obj, path, on_error)
+  return parse_task(load_json(path), path, on_error)

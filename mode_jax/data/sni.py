@@ -64,15 +64,22 @@ def read_split(sni_dir: str | os.PathLike, split: str = "train") -> list[str]:
     return [line.strip() for line in f if line.strip()]
 
 
-def read_header(path: str | os.PathLike) -> dict:
-  """Reads the fields before `Instances` without parsing the instances.
+LANGUAGE_FIELDS = ("Input_language", "Output_language", "Instruction_language")
 
-  The SNI files put `Instances` last, so the header (languages, categories,
-  definition) is a small prefix even of a 100 MB file. Falls back to a full
-  parse when the prefix does not end cleanly.
+
+def read_header(path: str | os.PathLike) -> dict:
+  """The task's fields other than `Instances`, without parsing the instances if it can.
+
+  The SNI files put `Instances` near the end, so the header (languages,
+  categories, definition) is usually a small prefix even of a 100 MB file.
+  That fast path is taken only when the prefix parses and holds all three
+  language fields; otherwise (another key order, a missing field, a prefix
+  that does not end cleanly) the whole file is parsed, so the answer never
+  depends on the order of the keys.
 
   Raises:
-    SniFormatError: invalid JSON (naming the file).
+    SniFormatError: not UTF-8, invalid JSON, or a top level that is not an
+      object (naming the file).
   """
   chunks = []
   with open(path, "rb") as f:
@@ -84,22 +91,32 @@ def read_header(path: str | os.PathLike) -> dict:
       head = b"".join(chunks)
       m = _INSTANCES_KEY.search(head)
       if m:
+        prefix = head[:m.start()].rstrip().rstrip(b",") + b"}"
         try:
-          return json.loads(head[:m.start()].rstrip().rstrip(b",") + b"}")
-        except (json.JSONDecodeError, UnicodeDecodeError):
+          obj = json.loads(prefix.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
           break
-  try:
-    with open(path, "rb") as f:
-      return json.loads(f.read())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise records.SniFormatError(path, f"invalid JSON: {e}") from e
+        if isinstance(obj, dict) and all(k in obj for k in LANGUAGE_FIELDS):
+          return obj
+        break
+  obj = records.load_json(path)
+  if not isinstance(obj, dict):
+    raise records.SniFormatError(
+        path, f"top level must be a JSON object, got {type(obj).__name__}")
+  obj.pop("Instances", None)
+  return obj
 
 
 def header_is_english(path: str | os.PathLike) -> bool:
-  """True when the three language fields of the file are exactly ["English"]."""
+  """True when the three language fields of the file are exactly ["English"].
+
+  Raises:
+    SniFormatError: a language field is missing or not a list of strings
+      (such a file is named, never silently dropped as non-English).
+  """
   head = read_header(path)
-  return all(head.get(f) == ["English"] for f in
-             ("Input_language", "Output_language", "Instruction_language"))
+  langs = [records.str_list(path, head, f) for f in LANGUAGE_FIELDS]
+  return all(lang == ("English",) for lang in langs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +131,13 @@ class Selection:
   names: tuple[str, ...]
   missing: tuple[str, ...] = ()
   non_english: tuple[str, ...] = ()
+
+  @property
+  def dropped(self) -> dict[str, str]:
+    """{task: reason} of every requested task that was not selected."""
+    return {**{t: "task file missing (allow_missing)" for t in self.missing},
+            **{t: "not English (language fields are not all ['English'])"
+               for t in self.non_english}}
 
 
 def resolve_ids(sni_dir: str | os.PathLike, ids: Sequence[str]) -> list[str]:
@@ -158,8 +182,13 @@ def select_tasks(sni_dir: str | os.PathLike, split: str | None = "train",
   Returns:
     The `Selection`.
 
+  Every task dropped (missing, not English) is counted and logged with its
+  reason; `Selection.dropped` maps each to its reason.
+
   Raises:
     FileNotFoundError: a task file is missing and `allow_missing` is False.
+    SniFormatError: a task file whose header cannot be read (not UTF-8,
+      invalid JSON, a missing or mistyped language field), naming it.
   """
   names = resolve_ids(sni_dir, tasks) if tasks is not None else read_split(sni_dir, split)
   present, missing, non_english = [], [], []
@@ -179,6 +208,10 @@ def select_tasks(sni_dir: str | os.PathLike, split: str | None = "train",
     logging.warning("SNI: %d of %d requested tasks are missing from %s (allow_missing): %s",
                     len(missing), len(names), sni_dir, ", ".join(missing[:10]) +
                     (" ..." if len(missing) > 10 else ""))
+  if non_english:
+    logging.warning("SNI: %d of %d requested tasks dropped as not English (english_only): %s",
+                    len(non_english), len(names), ", ".join(non_english[:10]) +
+                    (" ..." if len(non_english) > 10 else ""))
   return Selection(tuple(present), tuple(missing), tuple(non_english))
 
 

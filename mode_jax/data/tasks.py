@@ -22,6 +22,7 @@ references, category) for a decode-and-score loop.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import logging
 import os
@@ -226,6 +227,60 @@ def register_sni(sni_dir: str | os.PathLike, cfg: SniConfig = SniConfig(),
                     len(registered), len(missing))
   return SniRegistration(tuple(registered.values()), tuple(registered), mixtures,
                          tuple(missing), tuple(non_english), tuple(sel.names))
+
+
+class EmptyMixtureError(ValueError):
+  """A registered mixture or task whose split has no examples at all."""
+
+
+def require_examples(name: str, split: str = "train") -> dict[str, int]:
+  """Checks that `name` is registered and its `split` has examples; returns the counts.
+
+  Called before a model is built, so a misspelled MIXTURE_OR_TASK_NAME or a
+  selection without examples fails at start-up, not as a bare StopIteration
+  at the first batch. For SNI tasks this parses each task file once (the
+  counts are cached on disk), so a malformed file raises `SniFormatError`
+  naming it here too.
+
+  Args:
+    name: seqio mixture or task name (MIXTURE_OR_TASK_NAME).
+    split: the split that will be read.
+
+  Returns:
+    {seqio task name: number of `split` examples} (tasks whose source cannot
+    count are left out).
+
+  Raises:
+    ValueError: `name` is not registered (the message lists the nearest
+      registered names).
+    EmptyMixtureError: no task of `name` has an example in `split`.
+  """
+  try:
+    mix = seqio.get_mixture_or_task(name)
+  except ValueError as e:
+    known = sorted(set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names()))
+    near = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    mixtures = sorted(seqio.MixtureRegistry.names())
+    raise ValueError(
+        f"MIXTURE_OR_TASK_NAME {name!r} is not a registered seqio mixture or task"
+        + (f"; did you mean {' or '.join(map(repr, near))}?" if near else "")
+        + f" Registered mixtures: {', '.join(mixtures[:20]) or 'none'}"
+        + (" ..." if len(mixtures) > 20 else "")
+        + " (SNI mixtures are registered from SNI_DIR)") from e
+  members = mix.tasks if isinstance(mix, seqio.Mixture) else [mix]
+  counts = {}
+  for task in members:
+    try:
+      n = task.num_input_examples(split)
+    except (NotImplementedError, TypeError):
+      n = None
+    if n is not None:
+      counts[task.name] = int(n)
+  if counts and len(counts) == len(members) and not sum(counts.values()):
+    raise EmptyMixtureError(
+        f"{name!r} has no {split!r} examples: " + ", ".join(
+            f"{t}: 0" for t in list(counts)[:10]) + (" ..." if len(counts) > 10 else ""))
+  return counts
 
 
 def eval_examples(sni_dir: str | os.PathLike, task_names: Sequence[str],
