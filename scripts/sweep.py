@@ -31,6 +31,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mode_jax import files  # noqa: E402
 from mode_jax.experiments import backends  # noqa: E402
 from mode_jax.experiments import points as points_lib  # noqa: E402
 from mode_jax.experiments import presets  # noqa: E402
@@ -70,8 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--dry_run", action=argparse.BooleanOptionalAction, default=True,
                   help="tpu backend: print the gcloud commands only (default)")
   args = ap.parse_args(argv)
-  if "://" not in args.root:
-    args.root = os.path.abspath(args.root)
+  args.root = files.absolute(args.root)
   if bool(args.preset) == bool(args.method):
     ap.error("give exactly one of --preset or --method/--rank")
   if args.method and not args.rank:

@@ -16,6 +16,8 @@ import json
 import logging
 import os
 
+from mode_jax import files
+
 ON_ERROR = ("raise", "skip")
 
 
@@ -196,7 +198,7 @@ def parse_task(obj, path: str | os.PathLike, on_error: str = "raise") -> TaskRec
     instances.append(rec)
   if skipped:
     logging.warning("SNI: %s: skipped %d of %d instances", path, skipped, len(raw))
-  name = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+  name = files.basename(path).removesuffix(".json")
   return TaskRecord(
       name=name, definition=definition[0], positive_examples=pos,
       negative_examples=neg, instances=tuple(instances), categories=categories,
@@ -222,8 +224,7 @@ def read_task(path: str | os.PathLike, on_error: str = "raise") -> TaskRecord:
     SniFormatError: invalid JSON or a missing / malformed field, naming the
       file and the field.
   """
-  with open(path, "rb") as f:
-    data = f.read()
+  data = files.read_bytes(path)
   try:
     obj = json.loads(data)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
