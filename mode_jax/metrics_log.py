@@ -78,8 +78,11 @@ class RemoteSummaryWriter(metric_writers.MetricWriter):
     self._writer.close()
     self._writer = None
     for name in sorted(os.listdir(self._local)):
-      local = os.path.join(self._local, name)
-      files.copy(local, files.join(self.logdir, name))
+      local, dest, n = os.path.join(self._local, name), files.join(self.logdir, name), 0
+      while files.exists(dest):  # never overwrite an uploaded file (same-second names)
+        n += 1
+        dest = files.join(self.logdir, f"{name}.{n}")
+      files.copy(local, dest)
       os.remove(local)
 
   def close(self):

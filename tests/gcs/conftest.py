@@ -31,8 +31,9 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
   end = time.time() + timeout
   while time.time() < end:
     if proc.poll() is not None:
+      proc.log.seek(0)
       raise RuntimeError(f"GCS emulator exited with {proc.returncode}: "
-                         f"{proc.stdout.read().decode(errors='replace')[-2000:]}")
+                         f"{proc.log.read().decode(errors='replace')[-2000:]}")
     try:
       with urllib.request.urlopen(url, timeout=1):
         return
@@ -57,14 +58,16 @@ def emulator_env(url: str) -> dict:
 
 
 @pytest.fixture(scope="session")
-def gcs():
+def gcs(tmp_path_factory):
   """A fresh in-memory GCS server with bucket BUCKET; yields {"url", "bucket", "root"}."""
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
+  log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w+b")  # never a full pipe
   proc = subprocess.Popen(
       [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-       f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+       f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}", "--quiet"],
+      stdout=log, stderr=subprocess.STDOUT)
+  proc.log = log
   saved = {}
   try:
     _wait(f"{url}/storage/v1/b", proc)
@@ -86,6 +89,7 @@ def gcs():
     except subprocess.TimeoutExpired:
       proc.kill()
       proc.wait()
+    log.close()
 
 
 def _reset_clients() -> None:
