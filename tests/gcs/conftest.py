@@ -4,7 +4,8 @@ The server is `gcp-storage-emulator` (in memory) in its own process, on a
 free port. The clients are pointed at it through the environment, restored
 afterwards:
   STORAGE_EMULATOR_HOST     gcsfs (the path layer, `mode_jax.files`)
-  TENSORSTORE_GCS_HTTP_URL  TensorStore (Orbax's arrays)
+  TENSORSTORE_GCS_HTTP_URL  TensorStore (Orbax's arrays), with
+                            TENSORSTORE_GCS_REQUEST_CONCURRENCY=4 (see emulator_main.py)
   FSSPEC_GCS_TOKEN=anon     gcsfs: no credential lookup (no metadata server)
 plus the settings that keep every client on the loopback address.
 """
@@ -47,6 +48,8 @@ def emulator_env(url: str) -> dict:
   return {
       "STORAGE_EMULATOR_HOST": url,
       "TENSORSTORE_GCS_HTTP_URL": url,
+      # The emulator answers one request at a time: a burst of 32 only times out.
+      "TENSORSTORE_GCS_REQUEST_CONCURRENCY": "4",
       "FSSPEC_GCS_TOKEN": "anon",
       "GOOGLE_CLOUD_PROJECT": "test",
       "EPATH_USE_TF": "false",
@@ -64,7 +67,8 @@ def gcs(tmp_path_factory):
   url = f"http://127.0.0.1:{port}"
   log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w+b")  # never a full pipe
   proc = subprocess.Popen(
-      [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+      [sys.executable, os.path.join(os.path.dirname(__file__), "emulator_main.py"), "start",
+       "--host=127.0.0.1",
        f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}", "--quiet"],
       stdout=log, stderr=subprocess.STDOUT)
   proc.log = log

@@ -43,7 +43,9 @@ def _command(model_dir, inputs):
       f"BASE_CHECKPOINT = '{inputs['base']}'", "INPUT_LENGTH = 48",
       "TASK_FEATURE_LENGTHS = {'inputs': 48, 'targets': 8}", "RANK = 4", "EXPERTS = 4",
       "train.allow_missing = True", f"train.cache_dir = '{files.join(inputs['sweep'], '.cache')}'",
-      "train.checkpoint_every = 2", "train.log_every = 1", "train.async_checkpoint = False"]
+      "train.checkpoint_every = 2", "train.log_every = 1", "train.async_checkpoint = False",
+      # One task: the run prepares (tokenizes) only what its mixture reads.
+      "MIXTURE_OR_TASK_NAME = 'sni_task1146_country_capital'"]
   return ([sys.executable, "-m", "mode_jax.train", "--gin_file=models/tiny.gin",
            "--gin_file=adapters/mode.gin", "--gin_file=runs/finetune.gin"] +
           [f"--gin_bindings={b}" for b in bindings])
