@@ -101,14 +101,14 @@ def _committed(step_dir: str) -> bool:
 def check_step(directory: str, step: int) -> Damage | None:
   """File checks of one step, without reading arrays; None when nothing is wrong."""
   step_dir = files.join(directory, str(step))
-  if not files.is_dir(step_dir):
+  if not files.isdir(step_dir):
     return Damage(step, None, step_dir, "no such step directory")
   if not _committed(step_dir):
     return Damage(step, None, files.join(step_dir, COMMIT_MARKER),
                   "missing: the save never finished (incomplete step)")
   for item in files.listdir(step_dir):
     item_dir = files.join(step_dir, item)
-    if not files.is_dir(item_dir):
+    if not files.isdir(item_dir):
       continue
     names = files.listdir(item_dir)
     if not names:
@@ -119,7 +119,8 @@ def check_step(directory: str, step: int) -> Damage | None:
       return Damage(step, item, files.join(item_dir, "_METADATA"), "missing (array metadata)")
     if not is_array and "metadata" not in names and "_METADATA" not in names:
       return Damage(step, item, files.join(item_dir, "metadata"), "missing (item metadata)")
-    for path, size in files.walk_files(item_dir):
+    for path in files.walk_files(item_dir):
+      size = files.size(path)
       parent, name = path.rsplit("/", 2)[-2:]
       if name in _JSON_FILES or parent == "array_metadatas":
         if problem := _json_problem(path):
@@ -143,7 +144,7 @@ def _damage_from_error(directory: str, step: int, error: Exception) -> Damage | 
     return None
   # The most specific path: a file the message names (TensorStore names the
   # database directory first, then the file it could not read).
-  where.sort(key=lambda p: (not files.exists(p) or files.is_dir(p), -len(p)))
+  where.sort(key=lambda p: (not files.exists(p) or files.isdir(p), -len(p)))
   file = where[0].rstrip("/") if where else step_dir
   rel = file[len(step_dir) + 1:] if file.startswith(step_dir + "/") else ""
   item = rel.split("/", 1)[0] or None

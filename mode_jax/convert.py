@@ -15,10 +15,9 @@ conversion never holds the full model on one device.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 
 from mode_jax import checkpoints
+from mode_jax import files
 from mode_jax import sharding
 from mode_jax.models import pretrained
 
@@ -40,10 +39,10 @@ def convert(src: str, dst: str, model: str | None = None, param_dtype: str | Non
   if mesh is None:
     mesh = sharding.make_mesh()
   m = pretrained.from_pretrained(src, None, mesh, model=model, param_dtype=param_dtype)
-  checkpoints.save_base(dst, m, source=f"{kind}:{os.path.abspath(src)}")
+  checkpoints.save_base(dst, m, source=f"{kind}:{files.absolute(src)}")
   tok = pretrained.tokenizer_path(src)
   if tok is not None:
-    shutil.copy(tok, os.path.join(dst, pretrained.TOKENIZER))
+    files.copy(tok, files.join(dst, pretrained.TOKENIZER))
   return dst
 
 

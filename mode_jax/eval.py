@@ -9,7 +9,6 @@ TensorBoard; `python -m mode_jax.infer` also writes the predictions as JSONL.
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import Any, Mapping
 
@@ -54,7 +53,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
   from mode_jax.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   from mode_jax.data import vocab  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(sni_dir):
+  if not files.isdir(sni_dir):
     raise FileNotFoundError(f"SNI_DIR {sni_dir!r} is not a directory")
   sni = sni or data_config.SniConfig(max_input_tokens=task_feature_lengths["inputs"])
   if allow_missing is None:

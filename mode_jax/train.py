@@ -226,7 +226,7 @@ def register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir, lengths):
     return None
   from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
   from mode_jax.data import tasks  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(sni_dir):
+  if not files.isdir(sni_dir):
     raise FileNotFoundError(f"SNI_DIR {sni_dir!r} is not a directory")
   sni = sni or data_config.SniConfig(max_input_tokens=lengths["inputs"])
   return tasks.register_sni(sni_dir, sni, vocab_path=vocab_path, cache_dir=cache_dir,

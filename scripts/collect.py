@@ -2,6 +2,7 @@
 
   python scripts/collect.py work_dirs/cpu_compare            # -> ROOT/results.*
   python scripts/collect.py work_dirs/cpu_compare --out /tmp/report
+  python scripts/collect.py gs://bucket/sweeps/gemma_2b      # ROOT and --out may be gs://
 
 Reads every run directory under ROOT (point.json, train_summary.json, the
 latest eval/validation_metrics_<step>.json) and writes:
@@ -19,9 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mode_jax import files  # noqa: E402
 from mode_jax.experiments import plots  # noqa: E402
 from mode_jax.experiments import tables  # noqa: E402
 
@@ -30,26 +33,34 @@ SUMMARY_COLUMNS = ("label", "lr", "seeds", "trainable", "percent_added", "rougeL
 
 
 def collect(root: str, out: str | None = None) -> dict:
-  """Writes the table files and plots; returns {"rows", "summary", "files"}."""
-  out = out or root
-  os.makedirs(out, exist_ok=True)
-  rows = tables.collect(root)
+  """Writes the table files and plots; returns {"rows", "summary", "files"}.
+
+  `root` and `out` may be local or gs://; bucket outputs are written locally
+  first (csv and matplotlib want a local file) and uploaded once each.
+  """
+  out = files.absolute(out or root)
+  rows = tables.collect(files.absolute(root))
   summary = tables.mean_over_seeds(rows)
-  files = {"csv": os.path.join(out, "results.csv"), "md": os.path.join(out, "results.md"),
-           "summary": os.path.join(out, "summary.md")}
-  tables.write_csv(rows, files["csv"])
-  with open(files["md"], "w") as f:
-    f.write(tables.markdown(rows))
-  with open(files["summary"], "w") as f:
-    f.write(tables.markdown(summary, SUMMARY_COLUMNS))
-  for method in sorted({r["method"] for r in rows if r["m"] is not None}):
-    path = os.path.join(out, f"heatmap_{method}.png")
-    if plots.heatmap(rows, path, method):
-      files[f"heatmap_{method}"] = path
-  path = os.path.join(out, "rougeL_vs_params.png")
-  if plots.versus_params(rows, path):
-    files["versus_params"] = path
-  return {"rows": rows, "summary": summary, "files": files}
+  with tempfile.TemporaryDirectory() as tmp:
+    local = out if not files.is_remote(out) else tmp
+    os.makedirs(local, exist_ok=True)
+    written = {"csv": "results.csv", "md": "results.md", "summary": "summary.md"}
+    tables.write_csv(rows, os.path.join(local, written["csv"]))
+    with open(os.path.join(local, written["md"]), "w") as f:
+      f.write(tables.markdown(rows))
+    with open(os.path.join(local, written["summary"]), "w") as f:
+      f.write(tables.markdown(summary, SUMMARY_COLUMNS))
+    for method in sorted({r["method"] for r in rows if r["m"] is not None}):
+      name = f"heatmap_{method}.png"
+      if plots.heatmap(rows, os.path.join(local, name), method):
+        written[f"heatmap_{method}"] = name
+    if plots.versus_params(rows, os.path.join(local, "rougeL_vs_params.png")):
+      written["versus_params"] = "rougeL_vs_params.png"
+    if local != out:
+      for name in written.values():
+        files.copy(os.path.join(local, name), files.join(out, name))
+  return {"rows": rows, "summary": summary,
+          "files": {k: files.join(out, v) for k, v in written.items()}}
 
 
 def main(argv=None) -> int:

@@ -25,11 +25,15 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+
+from mode_jax import files  # noqa: E402
 
 
 def make_forward(model):
@@ -159,8 +163,9 @@ def main(argv=None) -> int:
   if names is None:
     names = tasks_lib.register_sni(s["sni_dir"], s["sni"], vocab_path=s["vocab_path"],
                                    allow_missing=True, case_study=False, test=False).sni_tasks
-  out_dir = args.out or os.path.join(args.run, "routing")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = args.out or files.join(args.run, "routing")
+  local_dir = tempfile.mkdtemp() if files.is_remote(out_dir) else out_dir
+  os.makedirs(local_dir, exist_ok=True)
   per_task = {}
   forward = make_forward(model)
   for task in names:
@@ -171,9 +176,14 @@ def main(argv=None) -> int:
   if not per_task:
     raise SystemExit("no evaluation examples found")
   spec = specialisation(per_task)
-  pngs = plot(per_task, out_dir)
-  with open(os.path.join(out_dir, "routing.json"), "w") as f:
+  pngs = plot(per_task, local_dir)
+  with open(os.path.join(local_dir, "routing.json"), "w") as f:
     json.dump({"per_task": per_task, "specialisation": spec}, f, indent=2)
+  if local_dir != out_dir:  # a bucket: matplotlib and json write locally, then upload
+    for name in ("routing.json",) + tuple(os.path.basename(p) for p in pngs):
+      files.copy(os.path.join(local_dir, name), files.join(out_dir, name))
+    shutil.rmtree(local_dir)
+    pngs = [files.join(out_dir, os.path.basename(p)) for p in pngs]
   print("| adapted matrix | mean entropy | specialisation (TV) |\n|---|---|---|")
   first = next(iter(per_task.values()))
   for n in sorted(first, key=_layer_key):
@@ -182,7 +192,7 @@ def main(argv=None) -> int:
   e = len(first[next(iter(first))]["load"])
   print(f"\nuniform entropy log({e}) = {math.log(e):.3f}; mean specialisation "
         f"{np.mean(list(spec.values())):.3f}; {len(per_task)} tasks")
-  print("wrote", os.path.join(out_dir, "routing.json"), *pngs)
+  print("wrote", files.join(out_dir, "routing.json"), *pngs)
   return 0
 
 

@@ -33,6 +33,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mode_jax import files  # noqa: E402
 from mode_jax.experiments import backends  # noqa: E402
 from mode_jax.experiments import points as points_lib  # noqa: E402
 from mode_jax.experiments import presets  # noqa: E402
@@ -81,8 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                   help="tpu setup: install this commit of --repo_url (default: copy HEAD)")
   ap.add_argument("--repo_url", default=None, help="tpu setup with --commit: git URL")
   args = ap.parse_args(argv)
-  if "://" not in args.root:
-    args.root = os.path.abspath(args.root)
+  args.root = files.absolute(args.root)
   if bool(args.preset) == bool(args.method):
     ap.error("give exactly one of --preset or --method/--rank")
   if args.method and not args.rank:

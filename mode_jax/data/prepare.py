@@ -1,14 +1,25 @@
 """Prepared examples of one task: prompts fitted, tokenized, cached as TFRecord.
 
-Layout under the cache dir (default `~/.cache/mode_jax`, or the caller's):
+Layout under the cache dir (default `~/.cache/mode_jax`, or the caller's,
+local or gs://):
 
     sni/<task>/counts-<key>.json            instances per split (no tokenizer)
     sni/<task>/<key>/{train,validation,test}.tfrecord
     sni/<task>/<key>/meta.json              counts, truncations, skips
 
-`<key>` hashes the task file's size and mtime, the `SniConfig` and the
-vocabulary, so a change of any of them prepares the task again. Files are
-written to a temporary name and renamed, so concurrent hosts are safe.
+`<key>` hashes the task file's size and mtime, the `SniConfig`, the
+vocabulary and the shard, so a change of any of them prepares the task
+again. Files are written to a temporary name and renamed, so concurrent
+hosts are safe.
+
+Per-host work stays per-host: a host reading shard i of n (seqio's
+`ShardInfo`, one shard per process) tokenizes only the examples i, i + n,
+... of each split (what `tf.data.Dataset.shard(n, i)` of the whole split
+would give), so n hosts share the tokenization instead of each doing all of
+it. With the cache in a bucket, a shard is prepared in a local mirror
+(`~/.cache/mode_jax/remote/...`, where tf.data reads it) and uploaded; a
+host that restarts on a fresh VM (preemption) downloads its shard instead
+of tokenizing again.
 Each TFRecord example holds: `inputs`/`targets` (int64 token ids, no EOS),
 `inputs_pretokenized`, `targets_pretokenized`, `references` (all outputs),
 `id`, `task`, `category`.
@@ -20,8 +31,8 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 
+from mode_jax import files
 from mode_jax.data import prompts
 from mode_jax.data import records
 from mode_jax.data import splits
@@ -55,7 +66,8 @@ class PreparedExample:
   truncated: bool = False
 
 
-def build_examples(task: records.TaskRecord, cfg, split: str, vocabulary=None):
+def build_examples(task: records.TaskRecord, cfg, split: str, vocabulary=None,
+                   shard: tuple[int, int] = (0, 1)):
   """Prepared examples of one split of `task`.
 
   Args:
@@ -64,12 +76,17 @@ def build_examples(task: records.TaskRecord, cfg, split: str, vocabulary=None):
     split: "train", "validation" or "test".
     vocabulary: a seqio vocabulary for the token budget; None builds the
       unfitted prompt (`format_prompt`) and leaves `input_ids` empty.
+    shard: (index, count): only the examples index, index + count, ... of
+      the split are built (tokenized).
 
   Returns:
     A list of `PreparedExample`, in file order.
   """
+  index, count = shard
+  if not 0 <= index < count:
+    raise ValueError(f"shard {shard}: need 0 <= index < count")
   out = []
-  for inst in splits.split_instances(task, cfg)[split]:
+  for inst in splits.split_instances(task, cfg)[split][index::count]:
     target = (splits.choose_target(cfg.seed, task.name, inst) if split == "train"
               else inst.outputs[0])
     if vocabulary is None:
@@ -84,8 +101,7 @@ def build_examples(task: records.TaskRecord, cfg, split: str, vocabulary=None):
 
 
 def _file_key(path: str) -> dict:
-  st = os.stat(path)
-  return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "v": CACHE_VERSION}
+  return {**files.stat_key(path), "v": CACHE_VERSION}
 
 
 def _hash(obj) -> str:
@@ -97,12 +113,11 @@ def vocab_key(vocabulary) -> str:
   return hashlib.sha256(vocabulary.sp_model).hexdigest()[:16]
 
 
-def _write_atomic(path: str, data: bytes):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-  with os.fdopen(fd, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+def local_dir(out_dir: str) -> str:
+  """Where tf.data reads a prepared shard: `out_dir`, or its local mirror."""
+  if not files.is_remote(out_dir):
+    return out_dir
+  return os.path.join(DEFAULT_CACHE_DIR, "remote", out_dir.replace("://", "/", 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,10 +125,10 @@ class TaskStore:
   """Cache of one task under one config and vocabulary (lazy, memoised on disk).
 
   Attributes:
-    path: the task file.
+    path: the task file (local or gs://).
     cfg: the `SniConfig`.
     vocab_path: the SentencePiece model file.
-    cache_dir: root of the cache.
+    cache_dir: root of the cache (local or gs://).
   """
   path: str
   cfg: object
@@ -122,61 +137,74 @@ class TaskStore:
 
   @property
   def name(self) -> str:
-    return os.path.splitext(os.path.basename(self.path))[0]
+    return files.basename(self.path).removesuffix(".json")
 
   def _dir(self) -> str:
-    return os.path.join(self.cache_dir, "sni", self.name)
+    return files.join(self.cache_dir, "sni", self.name)
 
   def counts(self) -> dict:
     """{"train": n, "validation": n, "test": n, "skipped": k}; parses once."""
     key = _hash([_file_key(self.path), self.cfg.split_key()])
-    path = os.path.join(self._dir(), f"counts-{key}.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        return json.load(f)
+    path = files.join(self._dir(), f"counts-{key}.json")
+    cached = files.read_json(path)
+    if cached is not None:
+      return cached
     task = records.read_task(self.path, self.cfg.on_error)
     counts = {k: len(v) for k, v in splits.split_instances(task, self.cfg).items()}
     counts["skipped"] = task.skipped
-    _write_atomic(path, json.dumps(counts).encode())
+    files.write_json(path, counts)
     return counts
 
-  def split_dir(self, vocabulary) -> str:
-    key = _hash([_file_key(self.path), self.cfg.key(), vocab_key(vocabulary)])
-    return os.path.join(self._dir(), key)
+  def split_dir(self, vocabulary, shard: tuple[int, int] = (0, 1)) -> str:
+    """The cache directory of one shard (local or gs://)."""
+    parts = [_file_key(self.path), self.cfg.key(), vocab_key(vocabulary)]
+    if shard != (0, 1):
+      parts.append(list(shard))
+    return files.join(self._dir(), _hash(parts))
 
-  def ensure(self, split: str, vocabulary) -> str:
-    """Path of the split's TFRecord, preparing all splits on first use."""
-    out_dir = self.split_dir(vocabulary)
-    path = os.path.join(out_dir, f"{split}.tfrecord")
-    if not os.path.exists(os.path.join(out_dir, "meta.json")):
-      self._prepare(out_dir, vocabulary)
-    return path
+  def ensure(self, split: str, vocabulary, shard: tuple[int, int] = (0, 1)) -> str:
+    """Local path of the shard's TFRecord of `split`, preparing all splits on first use.
 
-  def _prepare(self, out_dir: str, vocabulary):
+    Args:
+      split: "train", "validation" or "test".
+      vocabulary: the seqio vocabulary.
+      shard: (index, count) of this host's shard (seqio's ShardInfo).
+    """
+    out_dir = self.split_dir(vocabulary, shard)
+    local = local_dir(out_dir)
+    if not os.path.exists(os.path.join(local, "meta.json")):
+      if files.is_remote(out_dir) and files.exists(files.join(out_dir, "meta.json")):
+        for name in [f"{s}.tfrecord" for s in splits.SPLITS] + ["meta.json"]:
+          files.copy(files.join(out_dir, name), os.path.join(local, name))
+      else:
+        self._prepare(local, vocabulary, shard)
+        if files.is_remote(out_dir):  # meta.json last: it marks a complete upload
+          for name in [f"{s}.tfrecord" for s in splits.SPLITS] + ["meta.json"]:
+            files.copy(os.path.join(local, name), files.join(out_dir, name))
+    return os.path.join(local, f"{split}.tfrecord")
+
+  def _prepare(self, out_dir: str, vocabulary, shard):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     task = records.read_task(self.path, self.cfg.on_error)
-    meta = {"task": task.name, "skipped": task.skipped, "counts": {}, "truncated": {}}
+    meta = {"task": task.name, "skipped": task.skipped, "counts": {}, "truncated": {},
+            "shard": list(shard)}
+    os.makedirs(out_dir, exist_ok=True)
     for split in splits.SPLITS:
-      examples = build_examples(task, self.cfg, split, vocabulary)
-      chunks = []
-      for ex in examples:
-        chunks.append(_to_tf_example(tf, ex, vocabulary).SerializeToString())
+      examples = build_examples(task, self.cfg, split, vocabulary, shard)
       path = os.path.join(out_dir, f"{split}.tfrecord")
-      os.makedirs(out_dir, exist_ok=True)
       tmp = path + f".tmp-{os.getpid()}"
       with tf.io.TFRecordWriter(tmp) as w:
-        for c in chunks:
-          w.write(c)
+        for ex in examples:
+          w.write(_to_tf_example(tf, ex, vocabulary).SerializeToString())
       os.replace(tmp, path)
       meta["counts"][split] = len(examples)
       meta["truncated"][split] = sum(ex.truncated for ex in examples)
-    _write_atomic(os.path.join(out_dir, "meta.json"), json.dumps(meta).encode())
+    files.write_json(os.path.join(out_dir, "meta.json"), meta)
 
-  def meta(self, vocabulary) -> dict:
-    """Counts, truncations and skips of the prepared task (prepares it)."""
-    self.ensure("train", vocabulary)
-    with open(os.path.join(self.split_dir(vocabulary), "meta.json")) as f:
-      return json.load(f)
+  def meta(self, vocabulary, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Counts, truncations and skips of the prepared shard (prepares it)."""
+    path = self.ensure("train", vocabulary, shard)
+    return json.loads(files.read_text(os.path.join(os.path.dirname(path), "meta.json")))
 
 
 def _to_tf_example(tf, ex: PreparedExample, vocabulary):

@@ -17,6 +17,8 @@ import logging
 import os
 import re
 
+from mode_jax import files
+
 ON_ERROR = ("raise", "skip")
 
 
@@ -200,7 +202,7 @@ def parse_task(obj, path: str | os.PathLike, on_error: str = "raise") -> TaskRec
     logging.warning("SNI: %s: skipped %d of %d instances", path, skipped, len(raw))
   if not instances:
     raise SniFormatError(path, f"no valid instance in 'Instances' (all {skipped} skipped)")
-  name = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+  name = files.basename(path).removesuffix(".json")
   return TaskRecord(
       name=name, definition=definition[0], positive_examples=pos,
       negative_examples=neg, instances=tuple(instances), categories=categories,
@@ -224,8 +226,7 @@ def load_json(path: str | os.PathLike, data: bytes | None = None):
       which no tokenizer can encode.
   """
   if data is None:
-    with open(path, "rb") as f:
-      data = f.read()
+    data = files.read_bytes(path)
   if data.startswith(b"\xef\xbb\xbf"):
     data = data[3:]
   try:

@@ -22,6 +22,7 @@ import os
 import re
 from typing import Sequence
 
+from mode_jax import files
 from mode_jax.data import prompts
 from mode_jax.data import records
 
@@ -49,19 +50,18 @@ _INSTANCES_KEY = re.compile(rb'"Instances"\s*:')
 
 def task_path(sni_dir: str | os.PathLike, name: str) -> str:
   """Path of the task file `name` under `sni_dir`."""
-  return os.path.join(os.fspath(sni_dir), "tasks", f"{name}.json")
+  return files.join(sni_dir, "tasks", f"{name}.json")
 
 
 def read_split(sni_dir: str | os.PathLike, split: str = "train") -> list[str]:
   """Task names of `splits/default/<split>_tasks.txt`, in file order."""
   if split not in SPLITS:
     raise ValueError(f"split={split!r}; allowed: {SPLITS}")
-  path = os.path.join(os.fspath(sni_dir), "splits", "default", f"{split}_tasks.txt")
-  if not os.path.exists(path):
+  path = files.join(sni_dir, "splits", "default", f"{split}_tasks.txt")
+  if not files.exists(path):
     raise FileNotFoundError(f"SNI split file not found: {path} (is sni_dir the root of an "
                             "SNI copy, with tasks/ and splits/default/?)")
-  with open(path) as f:
-    return [line.strip() for line in f if line.strip()]
+  return [line.strip() for line in files.read_text(path).splitlines() if line.strip()]
 
 
 LANGUAGE_FIELDS = ("Input_language", "Output_language", "Instruction_language")
@@ -82,7 +82,7 @@ def read_header(path: str | os.PathLike) -> dict:
       object (naming the file).
   """
   chunks = []
-  with open(path, "rb") as f:
+  with files.open_file(path, "rb") as f:
     while True:
       chunk = f.read(1 << 16)
       if not chunk:
@@ -194,7 +194,7 @@ def select_tasks(sni_dir: str | os.PathLike, split: str | None = "train",
   present, missing, non_english = [], [], []
   for name in dict.fromkeys(names):
     path = task_path(sni_dir, name)
-    if not os.path.exists(path):
+    if not files.exists(path):
       if not allow_missing:
         raise FileNotFoundError(
             f"SNI task file missing: {path} (task {name!r}). Pass allow_missing=True "

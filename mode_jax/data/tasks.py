@@ -52,7 +52,9 @@ class SniSource(seqio.DataSource):
   """Reads one task's prepared TFRecord (prepared lazily on first read).
 
   Shards at the examples (`supports_arbitrary_sharding`), so any number of
-  hosts reads disjoint parts of every task.
+  hosts reads disjoint parts of every task; each host prepares (tokenizes)
+  only its own shard (`prepare.TaskStore.ensure`), the examples
+  `Dataset.shard(num_shards, index)` of the whole split would give.
   """
 
   def __init__(self, store: prepare.TaskStore, vocabulary):
@@ -74,9 +76,8 @@ class SniSource(seqio.DataSource):
                   shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
                   use_cached=False, num_epochs=1) -> tf.data.Dataset:
     del shuffle, seed, sequence_length, use_cached, num_epochs  # The Task shuffles.
-    ds = tf.data.TFRecordDataset(self._store.ensure(split, self._vocabulary))
-    if shard_info is not None:
-      ds = ds.shard(shard_info.num_shards, shard_info.index)
+    shard = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+    ds = tf.data.TFRecordDataset(self._store.ensure(split, self._vocabulary, shard))
     desc = prepare.feature_description(tf)
 
     def parse(records):  # Batched parsing is several times faster per example.
@@ -179,9 +180,10 @@ def register_sni(sni_dir: str | os.PathLike, cfg: SniConfig = SniConfig(),
   Args:
     sni_dir: root of the SNI copy (gin: SNI_DIR at the entry points).
     cfg: split / prompt / budget options.
-    vocab_path: local SentencePiece model (Gemma's for real runs); None: the
-      shipped tiny 1024-piece model.
-    cache_dir: where prepared TFRecords go (default `~/.cache/mode_jax`).
+    vocab_path: SentencePiece model, local or gs:// (Gemma's for real runs);
+      None: the shipped tiny 1024-piece model.
+    cache_dir: where prepared TFRecords go (default `~/.cache/mode_jax`;
+      gs:// keeps each host's prepared shard across preemptions).
     split: split file of the main selection ("train" as the paper).
     tasks: explicit task names or ids instead of `split`.
     english_only: keep only tasks whose three language fields are ["English"].

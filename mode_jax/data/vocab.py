@@ -1,6 +1,6 @@
 """SentencePiece vocabularies: the run's model file, or the bundled tiny one.
 
-Real runs pass Gemma's tokenizer (a local `.model` file; never a gs:// path).
+Real runs pass Gemma's tokenizer (a `.model` file, local or gs://).
 Tests and the tiny configs use a small SentencePiece model built
 deterministically from the bundled SNI sample and shipped in `data/vocab/`:
 `sni_sample_1024.model` (tiny_quickstart) and `sni_sample_512.model` (tiny).
@@ -14,10 +14,10 @@ Rebuild (gives the same bytes; single thread, fixed seed):
 from __future__ import annotations
 
 import argparse
-import glob
 import io
 import os
 
+from mode_jax import files
 from mode_jax.data import prompts
 from mode_jax.data import records
 
@@ -38,7 +38,7 @@ def default_path(vocab_size: int = 1024) -> str:
 def corpus_lines(sni_dir: str = SAMPLE_DIR) -> list[str]:
   """Training text: every task's prompt scaffold, queries and outputs, sorted by file."""
   lines = []
-  for path in sorted(glob.glob(os.path.join(sni_dir, "tasks", "*.json"))):
+  for path in files.glob(files.join(sni_dir, "tasks"), "*.json"):
     task = records.read_task(path)
     lines += prompts.definition_str(task).split("\n")
     for i, ex in enumerate(task.positive_examples + task.negative_examples):
@@ -72,7 +72,15 @@ def build(vocab_size: int = 1024, sni_dir: str = SAMPLE_DIR) -> bytes:
 
 
 def get_vocabulary(path: str | None = None, vocab_size: int = 1024):
-  """A `seqio.SentencePieceVocabulary` from a local `.model` file.
+  """A `seqio.SentencePieceVocabulary` from a `.model` file, local or in a bucket.
+
+  seqio opens the file through `tf.io.gfile`, lazily and again in every
+  process that unpickles the vocabulary; a bucket file is therefore copied
+  once to a local cache file named by its content hash
+  (`files.local_copy`) and seqio is given that path. The copy is read once
+  per host (Gemma's model is 4 MB), reaches any GCS endpoint the path layer
+  reaches (tf.io.gfile does not honour STORAGE_EMULATOR_HOST), and a changed
+  object gets a new file.
 
   Args:
     path: the model file (Gemma's tokenizer for real runs); None: the shipped
@@ -80,12 +88,10 @@ def get_vocabulary(path: str | None = None, vocab_size: int = 1024):
     vocab_size: 512 or 1024, used only when `path` is None.
   """
   import seqio  # pylint: disable=g-import-not-at-top
-  path = path or default_path(vocab_size)
-  if "://" in path:
-    raise ValueError(f"vocabulary path must be a local file, got {path!r}")
-  if not os.path.exists(path):
+  path = os.fspath(path or default_path(vocab_size))
+  if not files.isfile(path):
     raise FileNotFoundError(f"SentencePiece model not found: {path}")
-  return seqio.SentencePieceVocabulary(path)
+  return seqio.SentencePieceVocabulary(files.local_copy(path, suffix=".model"))
 
 
 def main():

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import posixpath
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Sequence
 
+from mode_jax import files
 from mode_jax.experiments import points as points_lib
 from mode_jax.experiments import rundirs
 from mode_jax.experiments import tpu_vm
@@ -53,7 +54,7 @@ class Job:
 
 def join(root: str, name: str) -> str:
   """Path join that keeps bucket paths (gs://...) intact."""
-  return posixpath.join(root, name) if "://" in root else os.path.join(root, name)
+  return files.join(root, name)
 
 
 def make_job(point: points_lib.Point, root: str, gin_files: Sequence[str],
@@ -131,9 +132,9 @@ def run_local(jobs: Sequence[Job], python: str = sys.executable, resume: bool = 
       log(f"{head}: finished, skipped")
       results.append({"name": job.point.name, "status": "skipped", "seconds": 0.0})
       continue
-    os.makedirs(job.model_dir, exist_ok=True)
-    rundirs.write_json(os.path.join(job.model_dir, rundirs.POINT_FILE), job.to_json())
-    times = rundirs.read_json(os.path.join(job.model_dir, rundirs.TIMES_FILE), {})
+    files.makedirs(job.model_dir)
+    rundirs.write_json(files.join(job.model_dir, rundirs.POINT_FILE), job.to_json())
+    times = rundirs.read_json(files.join(job.model_dir, rundirs.TIMES_FILE), {})
     status, t0 = "done", time.time()
     steps = [("train", commands(job, python, skip_eval=True)[0], rundirs.train_done)]
     if not skip_eval:
@@ -141,12 +142,12 @@ def run_local(jobs: Sequence[Job], python: str = sys.executable, resume: bool = 
     for kind, argv, done in steps:
       if resume and done(job.model_dir):
         continue
-      log(f"{head}: {kind} (log: {os.path.join(job.model_dir, kind + '.log')})")
+      log_path = files.join(job.model_dir, f"{kind}.log")
+      log(f"{head}: {kind} (log: {log_path})")
       t = time.time()
-      with open(os.path.join(job.model_dir, f"{kind}.log"), "a") as f:
-        rc = subprocess.call(argv, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+      rc = _call_logged(argv, log_path, env)
       times[f"{kind}_seconds"] = time.time() - t
-      rundirs.write_json(os.path.join(job.model_dir, rundirs.TIMES_FILE), times)
+      rundirs.write_json(files.join(job.model_dir, rundirs.TIMES_FILE), times)
       if rc:
         status = "failed"
         log(f"{head}: {kind} FAILED (exit {rc}); see {job.model_dir}/{kind}.log")
@@ -156,6 +157,25 @@ def run_local(jobs: Sequence[Job], python: str = sys.executable, resume: bool = 
     if status == "failed" and fail_fast:
       break
   return results
+
+
+def _call_logged(argv: list[str], log_path: str, env: dict) -> int:
+  """Runs `argv` with its output appended to `log_path`.
+
+  A bucket object cannot be a subprocess's stdout: the output goes to a
+  local temporary file, uploaded (beside the earlier attempts' logs) when
+  the process ends.
+  """
+  if not files.is_remote(log_path):
+    with open(log_path, "a") as f:
+      return subprocess.call(argv, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+  with tempfile.NamedTemporaryFile("w+b", suffix=".log") as f:
+    rc = subprocess.call(argv, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    f.flush()
+    f.seek(0)
+    old = files.read_bytes(log_path) if files.exists(log_path) else b""
+    files.write_bytes(log_path, old + f.read())
+  return rc
 
 
 def tpu_steps(jobs: Sequence[Job], python: str = "python3",
@@ -193,7 +213,7 @@ def run_tpu(jobs: Sequence[Job], vm: tpu_vm.TpuVm, action: str = "start", sweep:
   else:
     todo = []
     for job in jobs:
-      if not dry_run and resume and _remote_finished(job.model_dir, skip_eval):
+      if not dry_run and resume and finished(job.model_dir, skip_eval):
         log(f"# {job.point.name}: finished, skipped")
         continue
       todo.append(job)
@@ -202,7 +222,8 @@ def run_tpu(jobs: Sequence[Job], vm: tpu_vm.TpuVm, action: str = "start", sweep:
     cmds = [tpu_vm.start_command(vm, tpu_steps(todo, vm.python, skip_eval), sweep)]
     if not dry_run:
       for job in todo:
-        _remote_write_point(job)
+        files.makedirs(job.model_dir)
+        rundirs.write_json(files.join(job.model_dir, rundirs.POINT_FILE), job.to_json())
   for argv in cmds:
     log(shlex.join(argv))
     if not dry_run:
@@ -211,24 +232,3 @@ def run_tpu(jobs: Sequence[Job], vm: tpu_vm.TpuVm, action: str = "start", sweep:
         log(f"# FAILED (exit {rc}): {argv[:6]}")
         break
   return cmds
-
-
-def _remote_finished(model_dir: str, skip_eval: bool) -> bool:
-  if "://" not in model_dir:
-    return finished(model_dir, skip_eval)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  summary = tf.io.gfile.exists(join(model_dir, rundirs.SUMMARY_FILE))
-  if skip_eval or not summary:
-    return summary
-  return bool(tf.io.gfile.glob(join(model_dir, "eval/validation_metrics_*.json")))
-
-
-def _remote_write_point(job: Job) -> None:
-  import json  # pylint: disable=g-import-not-at-top
-  if "://" not in job.model_dir:
-    rundirs.write_json(os.path.join(job.model_dir, rundirs.POINT_FILE), job.to_json())
-    return
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.io.gfile.makedirs(job.model_dir)
-  with tf.io.gfile.GFile(join(job.model_dir, rundirs.POINT_FILE), "w") as f:
-    f.write(json.dumps(job.to_json(), indent=2))

@@ -7,13 +7,12 @@ checkpoint and data settings.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 
 from mode_jax import checkpoints
 from mode_jax import experiment
+from mode_jax import files
 from mode_jax import launch
 from mode_jax import models
 from mode_jax import sharding
@@ -27,7 +26,7 @@ def run_settings(model_dir: str) -> dict:
   Raises:
     FileNotFoundError: the run has no point.json (not made by scripts/sweep.py).
   """
-  point = rundirs.read_json(os.path.join(model_dir, rundirs.POINT_FILE))
+  point = rundirs.read_json(files.join(model_dir, rundirs.POINT_FILE))
   if point is None:
     raise FileNotFoundError(f"{model_dir}: no {rundirs.POINT_FILE} (not a sweep run)")
   launch.parse_gin(point["gin_files"], point["bindings"])

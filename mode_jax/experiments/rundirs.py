@@ -3,15 +3,16 @@
 A finished point has `train_summary.json` (written by `mode_jax.train` at
 the end) and at least one `eval/validation_metrics_<step>.json` (written by
 `mode_jax.eval`). The sweep also writes `point.json` (the Point, its gin
-files and bindings) so results and analyses need no gin parsing.
+files and bindings) so results and analyses need no gin parsing. Run
+directories may be local or in a bucket (gs://): every access goes through
+`mode_jax.files`.
 """
 
 from __future__ import annotations
 
-import glob
-import json
-import os
 import re
+
+from mode_jax import files
 
 POINT_FILE = "point.json"
 SUMMARY_FILE = "train_summary.json"
@@ -21,7 +22,9 @@ TIMES_FILE = "sweep_times.json"
 def eval_files(model_dir: str, split: str = "validation") -> dict[int, str]:
   """{step: path} of the run's evaluation metrics files."""
   out = {}
-  for path in glob.glob(os.path.join(model_dir, "eval", f"{split}_metrics_*.json")):
+  eval_dir = files.join(model_dir, "eval")
+  paths = files.glob(eval_dir, f"{split}_metrics_*.json") if files.isdir(eval_dir) else []
+  for path in paths:
     m = re.search(rf"{split}_metrics_(\d+)\.json$", path)
     if m:
       out[int(m.group(1))] = path
@@ -29,7 +32,7 @@ def eval_files(model_dir: str, split: str = "validation") -> dict[int, str]:
 
 
 def train_done(model_dir: str) -> bool:
-  return os.path.exists(os.path.join(model_dir, SUMMARY_FILE))
+  return files.exists(files.join(model_dir, SUMMARY_FILE))
 
 
 def eval_done(model_dir: str) -> bool:
@@ -41,19 +44,8 @@ def is_finished(model_dir: str) -> bool:
   return train_done(model_dir) and eval_done(model_dir)
 
 
-def read_json(path: str, default=None):
-  if not os.path.exists(path):
-    return default
-  with open(path) as f:
-    return json.load(f)
-
-
-def write_json(path: str, obj) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)
+read_json = files.read_json
+write_json = files.write_json
 
 
 def latest_eval(model_dir: str, split: str = "validation") -> dict | None:
@@ -64,10 +56,12 @@ def latest_eval(model_dir: str, split: str = "validation") -> dict | None:
 
 def find_runs(root: str) -> list[str]:
   """Run directories under `root` (any depth): those with point.json or a summary."""
+  if not files.isdir(root):
+    return []
   found = set()
   for name in (POINT_FILE, SUMMARY_FILE):
-    for path in glob.glob(os.path.join(root, "**", name), recursive=True):
-      found.add(os.path.dirname(path))
+    for path in files.glob(root, f"**/{name}"):
+      found.add(files.parent(path))
   return sorted(found)
 
 
@@ -75,9 +69,9 @@ def _from_config_gin(model_dir: str) -> dict:
   """Adapter fields parsed from the operative config (runs not made by the sweep)."""
   text = ""
   for name in ("config.gin", "config_start.gin"):
-    p = os.path.join(model_dir, name)
-    if os.path.exists(p):
-      text = open(p).read()
+    p = files.join(model_dir, name)
+    if files.exists(p):
+      text = files.read_text(p)
       break
   fields = {}
   for key, field in (("kind", "method"), ("rank", "rank"), ("num_experts", "experts"),
@@ -96,10 +90,10 @@ def load_run(model_dir: str) -> dict:
     {"dir", "name", "point": {...}, "summary": {...} | None,
      "eval": {...} | None, "times": {...}}
   """
-  point = read_json(os.path.join(model_dir, POINT_FILE))
+  point = read_json(files.join(model_dir, POINT_FILE))
   fields = dict(point["point"]) if point else _from_config_gin(model_dir)
-  return {"dir": model_dir, "name": os.path.basename(os.path.normpath(model_dir)),
+  return {"dir": model_dir, "name": files.basename(model_dir.rstrip("/")),
           "point": fields, "sweep": point or {},
-          "summary": read_json(os.path.join(model_dir, SUMMARY_FILE)),
+          "summary": read_json(files.join(model_dir, SUMMARY_FILE)),
           "eval": latest_eval(model_dir),
-          "times": read_json(os.path.join(model_dir, TIMES_FILE), {})}
+          "times": read_json(files.join(model_dir, TIMES_FILE), {})}

@@ -30,13 +30,13 @@ parameter it becomes, then transposed on the devices tensor by tensor.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mode_jax import files
 from mode_jax.models import config as config_lib
 from mode_jax.models import layout
 
@@ -46,17 +46,16 @@ _GEMMA2_27B = (4608, 32, 128)  # (D, H, K): queries scaled by (D / H) ** -0.5
 
 
 def _is_orbax_dir(path: str) -> bool:
-  return os.path.isdir(path) and any(
-      os.path.exists(os.path.join(path, m)) for m in _ORBAX_MARKERS)
+  return files.isdir(path) and any(files.exists(files.join(path, m)) for m in _ORBAX_MARKERS)
 
 
 def find_checkpoint(path: str) -> str | None:
   """The Orbax directory at `path`, or its only Orbax subdirectory (Kaggle's `2b/`)."""
   if _is_orbax_dir(path):
     return path
-  if not os.path.isdir(path):
+  if not files.isdir(path):
     return None
-  subs = [os.path.join(path, s) for s in sorted(os.listdir(path))]
+  subs = [files.join(path, s) for s in files.listdir(path)]
   subs = [s for s in subs if _is_orbax_dir(s)]
   return subs[0] if len(subs) == 1 else None
 

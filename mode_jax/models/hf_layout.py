@@ -26,17 +26,15 @@ Legend: V vocab, D embed, H query heads, N kv heads, K head dim, F mlp.
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import warnings
 from typing import Mapping
 
 import jax
 import ml_dtypes
 import numpy as np
-from safetensors import safe_open
 
+from mode_jax import files
 from mode_jax.models import config as config_lib
 from mode_jax.models import layout
 
@@ -48,17 +46,71 @@ _TANH_GELU = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu_tanh")
 _TIED = ("lm_head.weight",)
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
                        "F64": np.float64}
+_MAX_HEADER = 1 << 28
+
+
+def _weight_files(path: str) -> list[str]:
+  return files.glob(path, "*.safetensors")
 
 
 def detect(path: str) -> bool:
   """A directory with config.json and at least one *.safetensors file."""
-  return (os.path.isfile(os.path.join(path, CONFIG))
-          and bool(glob.glob(os.path.join(path, "*.safetensors"))))
+  return files.isfile(files.join(path, CONFIG)) and bool(_weight_files(path))
 
 
 def _read_json(path: str) -> dict:
-  with open(os.path.join(path, CONFIG)) as f:
-    return json.load(f)
+  return json.loads(files.read_text(files.join(path, CONFIG)))
+
+
+class SafeTensors:
+  """One `.safetensors` file read through the path layer (local or gs://).
+
+  The format is an 8-byte little-endian header size, a JSON header (name ->
+  dtype, shape, byte range) and the raw tensors. The header is read once;
+  each tensor is then one ranged read, so a bucket file is never downloaded
+  whole and no tensor is read twice.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    with files.open_file(path, "rb") as f:
+      n = int.from_bytes(f.read(8), "little")
+      if not 0 < n <= _MAX_HEADER:
+        raise layout.PretrainedError(f"{path!r} is not a safetensors file (header size {n})")
+      try:
+        header = json.loads(f.read(n))
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise layout.PretrainedError(f"{path!r}: unreadable safetensors header: {e}") from e
+    header.pop("__metadata__", None)
+    self.data_start = 8 + n
+    self.entries = header
+
+  def keys(self) -> list[str]:
+    return list(self.entries)
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self.entries[name]["shape"])
+
+  def dtype(self, name: str) -> str:
+    return self.entries[name]["dtype"]
+
+  def read(self, f, name: str) -> np.ndarray:
+    """Tensor `name` from `f`, this file opened with `files.open_file(path)`."""
+    e = self.entries[name]
+    if e["dtype"] not in _SAFETENSORS_DTYPES:
+      raise layout.PretrainedError(f"{self.path!r}: tensor {name!r} has dtype {e['dtype']}; "
+                                   f"supported: {sorted(_SAFETENSORS_DTYPES)}")
+    dtype = np.dtype(_SAFETENSORS_DTYPES[e["dtype"]])
+    begin, end = e["data_offsets"]
+    if end - begin != int(np.prod(e["shape"], dtype=np.int64)) * dtype.itemsize:
+      raise layout.PretrainedError(f"{self.path!r}: tensor {name!r} has {end - begin} bytes "
+                                   f"for shape {e['shape']} of {e['dtype']}")
+    f.seek(self.data_start + begin)
+    data = f.read(end - begin)
+    if len(data) != end - begin:
+      raise layout.PretrainedError(f"{self.path!r} is truncated: tensor {name!r} needs bytes "
+                                   f"{begin}..{end} of the data section")
+    return np.frombuffer(data, dtype).reshape(e["shape"])
 
 
 def _rope_theta(hf: dict) -> float:
@@ -96,7 +148,7 @@ def read_config(path: str, param_dtype: str | None = None) -> config_lib.ModelCo
   model_type = hf.get("model_type")
   if model_type not in MODEL_TYPES:
     raise layout.PretrainedError(
-        f"{os.path.join(path, CONFIG)}: model_type {model_type!r} is not supported; "
+        f"{files.join(path, CONFIG)}: model_type {model_type!r} is not supported; "
         f"allowed: {MODEL_TYPES}")
   act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
   if act == "gelu":
@@ -169,39 +221,25 @@ def rules(cfg: config_lib.ModelConfig) -> list[layout.Rule]:
   return out
 
 
-def _tensor_files(path: str) -> dict[str, str]:
+def _tensor_files(path: str) -> dict[str, SafeTensors]:
   """Tensor name -> the safetensors file holding it."""
-  out: dict[str, str] = {}
-  for fname in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
-    with safe_open(fname, framework="np") as f:
-      for name in f.keys():
-        if name in out:
-          raise layout.PretrainedError(f"tensor {name!r} is stored twice: in {out[name]!r} "
-                                       f"and {fname!r}")
-        out[name] = fname
+  out: dict[str, SafeTensors] = {}
+  for fname in _weight_files(path):
+    st = SafeTensors(fname)
+    for name in st.keys():
+      if name in out:
+        raise layout.PretrainedError(f"tensor {name!r} is stored twice: in "
+                                     f"{out[name].path!r} and {fname!r}")
+      out[name] = st
   return out
 
 
 def _stored_dtype(path: str) -> str:
-  files = _tensor_files(path)
+  tensors = _tensor_files(path)
   name = "model.embed_tokens.weight"
-  if name not in files:
+  if name not in tensors:
     raise layout.PretrainedError(f"Hugging Face checkpoint {path!r} lacks tensor {name!r}")
-  with safe_open(files[name], framework="np") as f:
-    return "bfloat16" if f.get_slice(name).get_dtype() in ("BF16", "F16") else "float32"
-
-
-def _read(f, fname: str, name: str) -> np.ndarray:
-  """One tensor on the host; bfloat16 (which NumPy lacks) is read from the raw bytes."""
-  sl = f.get_slice(name)
-  if sl.get_dtype() != "BF16":
-    return f.get_tensor(name)
-  with open(fname, "rb") as fh:
-    n = int.from_bytes(fh.read(8), "little")
-    entry = json.loads(fh.read(n))[name]
-  begin, end = entry["data_offsets"]
-  mm = np.memmap(fname, dtype=np.uint8, mode="r", offset=8 + n + begin, shape=(end - begin,))
-  return np.asarray(mm).view(ml_dtypes.bfloat16).reshape(entry["shape"])
+  return "bfloat16" if tensors[name].dtype(name) in ("BF16", "F16") else "float32"
 
 
 def load(path: str, cfg: config_lib.ModelConfig,
@@ -210,7 +248,7 @@ def load(path: str, cfg: config_lib.ModelConfig,
   """Reads every parameter, one tensor at a time, straight into its sharding.
 
   Args:
-    path: the checkpoint directory.
+    path: the checkpoint directory (local or gs://).
     cfg: the config the weights must match.
     expected: mode_jax parameter path -> ShapeDtypeStruct.
     shardings: mode_jax parameter path -> NamedSharding.
@@ -220,19 +258,16 @@ def load(path: str, cfg: config_lib.ModelConfig,
   """
   rs = rules(cfg)
   layout.check_targets(rs, expected)
-  files = _tensor_files(path)
-  found = {}
-  for name, fname in files.items():
-    with safe_open(fname, framework="np") as f:
-      found[name] = tuple(f.get_slice(name).get_shape())
+  tensors = _tensor_files(path)
+  found = {name: st.shape(name) for name, st in tensors.items()}
   layout.check_tensors("Hugging Face", path, rs, found, ignored=_TIED)
   out = {}
   by_file: dict[str, list[layout.Rule]] = {}
   for r in rs:
-    by_file.setdefault(files[r.source], []).append(r)
+    by_file.setdefault(tensors[r.source].path, []).append(r)
   for fname, file_rules in by_file.items():
-    with safe_open(fname, framework="np") as f:
+    with files.open_file(fname, "rb") as f:
       for r in file_rules:
-        host = r.apply(_read(f, fname, r.source))
+        host = r.apply(tensors[r.source].read(f, r.source))
         out[r.target] = layout.place_host(host, expected[r.target], shardings[r.target])
   return out

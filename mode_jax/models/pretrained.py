@@ -22,6 +22,7 @@ from flax import nnx
 
 from mode_jax import adapters as adapters_lib
 from mode_jax import checkpoints
+from mode_jax import files
 from mode_jax import sharding
 from mode_jax.models import build
 from mode_jax.models import config as config_lib
@@ -39,7 +40,7 @@ PretrainedError = layout.PretrainedError
 def detect_layout(path: str) -> str:
   """Returns BASE, HF or FLAX; raises PretrainedError naming what was looked for."""
   path = os.fspath(path)
-  if not os.path.isdir(path):
+  if not files.isdir(path):
     raise PretrainedError(f"pretrained checkpoint {path!r} is not a directory")
   if checkpoints.is_base_checkpoint(path):
     return BASE
@@ -100,13 +101,15 @@ def tokenizer_path(path: str) -> str | None:
   """The SentencePiece `tokenizer.model` of a checkpoint, or None.
 
   Looked for in `path` and its parent (Kaggle puts it beside the weights
-  directory). The data pipeline builds `seqio.SentencePieceVocabulary` from
-  it; this module stays free of seqio and TensorFlow.
+  directory); either may be a bucket path. The data pipeline builds
+  `seqio.SentencePieceVocabulary` from it (`data.vocab.get_vocabulary`
+  copies a bucket file locally first); this module stays free of seqio and
+  TensorFlow.
   """
-  path = os.path.abspath(os.fspath(path))
-  for d in (path, os.path.dirname(path)):
-    p = os.path.join(d, TOKENIZER)
-    if os.path.isfile(p):
+  path = files.absolute(path)
+  for d in (path, files.parent(path)):
+    p = files.join(d, TOKENIZER)
+    if files.isfile(p):
       return p
   return None
 

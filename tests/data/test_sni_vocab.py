@@ -17,7 +17,7 @@ def test_vocabulary():
   assert vocab.get_vocabulary(vocab_size=512).vocab_size == 512
   text = "Definition: Höhe 42.\n\nOutput: "
   assert v.decode(v.encode(text)) == text  # Byte fallback: nothing is unknown.
-  with pytest.raises(ValueError, match="local"):
-    vocab.get_vocabulary("gs://bucket/tokenizer.model")
+  with pytest.raises(FileNotFoundError, match="nothing.model"):
+    vocab.get_vocabulary("/nonexistent/nothing.model")  # gs:// paths: tests/gcs
   with pytest.raises(ValueError, match="shipped sizes"):
     vocab.default_path(256)
