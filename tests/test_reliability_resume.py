@@ -9,7 +9,6 @@ to step 6 reports step 4, moves it aside and continues from step 2.
 import glob
 import json
 import os
-import socket
 import time
 
 import pytest
@@ -76,7 +75,6 @@ def test_damaged_step_read_by_eval_and_resumed_by_trainer(tmp_path, capfd):
   assert f"resumed from {os.path.join(run, 'checkpoints')} at step 2" in out.out
   names = os.listdir(os.path.join(run, "checkpoints"))
   assert sum(n.startswith("4.damaged-") for n in names) == 1
-  assert socket.gethostname()  # The lock of the finished run is gone again:
   assert not os.path.exists(os.path.join(run, runlock.LOCK_NAME))
 
 
