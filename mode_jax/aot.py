@@ -186,7 +186,8 @@ class Report:
         f"{self.temporaries / GIB:.2f} GiB, outputs {self.outputs / GIB:.2f} GiB "
         f"(donated {self.aliased / GIB:.2f} GiB), code {self.code / GIB:.3f} GiB",
         f"  per chip: {self.flops:.3e} FLOPs, {self.bytes_accessed:.3e} bytes accessed "
-        f"(compiler); model FLOPs estimate {self.model_flops:.3e}",
+        f"(compiler; a loop body such as one micro-batch counts once); model FLOPs "
+        f"estimate {self.model_flops:.3e} (the whole step)",
         f"  compile {self.compile_seconds:.0f}s"]
 
 
