@@ -48,7 +48,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
           seed: int = 0, log_every: int = 10, checkpoint_every: int = 1000,
           keep_checkpoints: int = 3, async_checkpoint: bool = True,
           eval_every: int = 0, eval_batch_size: int = 16, max_decode_len: int = 64,
-          eval_tasks: Any = None, hooks: Any = None) -> dict:
+          eval_tasks: Any = None, data_shards: int | None = None, hooks: Any = None) -> dict:
   """Trains and returns a summary (final metrics, steps/s, checkpoint path).
 
   Args:
@@ -65,6 +65,10 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
     sni: data.SniConfig for prompts and splits.
     micro_batches: gradient accumulation steps within one optimizer step.
     eval_every: decode-and-score every N steps (0: off).
+    data_shards: seqio shards of each global batch (default: one per process,
+      or per group of processes holding the same rows). A multiple of that
+      number: each process then reads several, so one process with
+      data_shards=N reads the global batches of N processes.
     hooks: test hooks, e.g. {"poison_step": k} makes step k's loss NaN.
   """
   from mode_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -79,9 +83,12 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
 
   _check_vocab(vocab_path, experiment.model_config(model))
   mesh_ = experiment.make_mesh(mesh)
-  nproc, pid = jax.process_count(), jax.process_index()
-  if batch_size % nproc:
-    raise ValueError(f"BATCH_SIZE={batch_size} must divide over {nproc} processes")
+  # Which rows of each global batch this process feeds (multi-host: disjoint).
+  shard_id, nshards = trainer.data_shard(mesh_, batch_size)
+  data_shards = data_shards or nshards
+  if data_shards % nshards or batch_size % data_shards:
+    raise ValueError(f"train.data_shards={data_shards} must be a multiple of the {nshards} "
+                     f"process shards and divide BATCH_SIZE={batch_size}")
   model_ = experiment.build_model(model, adapter, mesh_, base_checkpoint=base_checkpoint,
                                   seed=seed)
   graphdef, params, astate, frozen = trainer.split_model(model_)
@@ -89,15 +96,17 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   state = jax.jit(lambda p, a: trainer.init_state(p, a, tx))(params, astate)
 
   data = pipeline.BatchIterator(
-      mixture_or_task_name, task_feature_lengths, batch_size // nproc,
-      split="train", shuffle=True, seed=seed, shard_id=pid, num_shards=nproc, pack=pack)
+      mixture_or_task_name, task_feature_lengths, batch_size // nshards,
+      split="train", shuffle=True, seed=seed, shard_id=shard_id, num_shards=nshards,
+      pack=pack, shards_per_host=data_shards // nshards)
+  print(f"process {jax.process_index()} of {jax.process_count()}: data shard {shard_id} of "
+        f"{nshards}, {batch_size // nshards} rows of each batch of {batch_size}", flush=True)
   ckpt = checkpoints.RunCheckpointer(model_dir, save_interval_steps=checkpoint_every,
                                      max_to_keep=keep_checkpoints, async_save=async_checkpoint)
   config_text = launch.write_operative_config(model_dir, "config_start.gin")
   start = 0
   if ckpt.latest_step() is not None:
-    state, data_state, _ = ckpt.restore(checkpoints.abstract_like(state))
-    data.restore(data_state)
+    state, _, _ = ckpt.restore(checkpoints.abstract_like(state), data)  # data: in place
     start = int(state["step"])
     print(f"resumed from {ckpt.directory} at step {start}", flush=True)
 
@@ -131,7 +140,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
       batch = next(data)
       if hooks.get("poison_step") == step + 1:  # test hook: a NaN loss at this step
         batch = dict(batch, decoder_loss_weights=batch["decoder_loss_weights"] * np.nan)
-      batch = trainer.place_batch(batch, mesh_)
+      batch = trainer.place_batch(batch, mesh_, num_shards=nshards)
       if step_fn is None:
         step_fn = trainer.jit_train_step(
             trainer.make_train_step(graphdef, tx, schedule, micro_batches=micro_batches,
@@ -160,7 +169,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
                                 "routing/mean_entropy"])
         t_last, steps_since = now, 0
         tokens_since = jnp.zeros((), jnp.float32)
-      ckpt.save(step, state, data.state(), config_text, force=final)
+      ckpt.save(step, state, data, config_text, force=final)
       if do_eval:
         _evaluate(evaluator, state, frozen, model_dir, step, eval_log)
   ckpt.close()
