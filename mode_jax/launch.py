@@ -166,4 +166,9 @@ def parse_and_run(fn: Callable, argv=None):
   if not args.gin_file:
     raise SystemExit("at least one --gin_file is required (see configs/)")
   parse_gin(args.gin_file, args.gin_bindings)
-  return call_configured(fn)
+  result = call_configured(fn)
+  if args.multihost:
+    # Together and before interpreter teardown: left to exit-time garbage
+    # collection, the distributed runtime's teardown waits on timeouts.
+    jax.distributed.shutdown()
+  return result

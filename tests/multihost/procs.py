@@ -21,7 +21,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SNI = os.path.join(REPO, "data", "sni_sample")
 VOCAB = os.path.join(REPO, "data", "vocab", "sni_sample_512.model")
-TIMEOUT_S = 300
+TIMEOUT_S = 900
 
 
 def free_port() -> int:
