@@ -48,7 +48,8 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
           seed: int = 0, log_every: int = 10, checkpoint_every: int = 1000,
           keep_checkpoints: int = 3, async_checkpoint: bool = True,
           eval_every: int = 0, eval_batch_size: int = 16, max_decode_len: int = 64,
-          eval_tasks: Any = None, data_shards: int | None = None, hooks: Any = None) -> dict:
+          eval_tasks: Any = None, data_shards: int | None = None,
+          data_iterator_checkpoints: bool = True, hooks: Any = None) -> dict:
   """Trains and returns a summary (final metrics, steps/s, checkpoint path).
 
   Args:
@@ -69,6 +70,10 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
       or per group of processes holding the same rows). A multiple of that
       number: each process then reads several, so one process with
       data_shards=N reads the global batches of N processes.
+    data_iterator_checkpoints: save each process's tf.data iterator state
+      (resume in constant time; the shuffle buffers make it large on the
+      full data), else its position only (small; resuming re-reads the
+      consumed batches).
     hooks: test hooks, e.g. {"poison_step": k} makes step k's loss NaN.
   """
   from mode_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -99,6 +104,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
       mixture_or_task_name, task_feature_lengths, batch_size // nshards,
       split="train", shuffle=True, seed=seed, shard_id=shard_id, num_shards=nshards,
       pack=pack, shards_per_host=data_shards // nshards)
+  data.save_iterator = data_iterator_checkpoints
   print(f"process {jax.process_index()} of {jax.process_count()}: data shard {shard_id} of "
         f"{nshards}, {batch_size // nshards} rows of each batch of {batch_size}", flush=True)
   ckpt = checkpoints.RunCheckpointer(model_dir, save_interval_steps=checkpoint_every,

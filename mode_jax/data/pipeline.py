@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Iterator, Mapping
 
 import numpy as np
 import seqio
 import tensorflow as tf
+from etils import epath
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +151,7 @@ class BatchIterator:
                                  pack, num_epochs, cache_in_memory, shards_per_host)
     self._consumed = 0
     self._it = None
+    self.save_iterator = True  # save_checkpoint: tf.data state, or the position only
 
   def _iterator(self) -> Iterator:
     if self._it is None:
@@ -192,7 +193,7 @@ class BatchIterator:
         raise ValueError(f"{what}[{k!r}]={state[k]!r} but this iterator has {mine[k]!r}")
 
   def _files(self, directory: str, process_index: int) -> tuple[str, str]:
-    prefix = os.path.join(str(directory), f"process_{process_index}")
+    prefix = str(epath.Path(directory) / f"process_{process_index}")  # may be gs://
     return prefix, prefix + ".json"
 
   def save_checkpoint(self, directory: str, process_index: int = 0) -> None:
@@ -200,10 +201,13 @@ class BatchIterator:
 
     Files: `process_<i>.json` (the `state()` dict) and the tf.data iterator
     checkpoint `process_<i>.index` / `.data-*`. Every process writes its own.
+    With `self.save_iterator = False` only the JSON is written (small, but
+    restoring re-reads the consumed batches).
     """
     prefix, meta = self._files(directory, process_index)
     tf.io.gfile.makedirs(str(directory))
-    tf.train.Checkpoint(iterator=self._iterator()).write(prefix)
+    if self.save_iterator:
+      tf.train.Checkpoint(iterator=self._iterator()).write(prefix)
     with tf.io.gfile.GFile(meta, "w") as f:
       f.write(json.dumps(self.state()))
 
@@ -221,6 +225,9 @@ class BatchIterator:
     with tf.io.gfile.GFile(meta) as f:
       state = json.loads(f.read())
     self._check(state, f"data iterator state {meta!r}")
+    if not tf.io.gfile.exists(prefix + ".index"):  # saved with save_iterator=False
+      self.restore(state)
+      return
     self._consumed, self._it = 0, None
     tf.train.Checkpoint(iterator=self._iterator()).read(prefix).assert_consumed()
     self._consumed = int(state["batches"])

@@ -22,6 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SNI = os.path.join(REPO, "data", "sni_sample")
 VOCAB = os.path.join(REPO, "data", "vocab", "sni_sample_512.model")
 TIMEOUT_S = 900
+TRAIN_TASK = "sni_task1146_country_capital"
 
 
 def free_port() -> int:
@@ -103,7 +104,10 @@ def run(module: str, args: list[str], num_processes: int | None, devices_per_pro
 
 def gin_args(model_dir: str, cache_dir: str, steps: int, extra=()) -> list[str]:
   """Flags of `mode_jax.train` on the tiny config (as tests/test_train.py)."""
+  # One task rather than the sample's 20-task mixture: each process's data
+  # state holds seqio's shuffle buffer of every task in the mixture.
   bindings = [f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}", "BATCH_SIZE = 8",
+              f"MIXTURE_OR_TASK_NAME = '{TRAIN_TASK}'",
               f"SNI_DIR = '{SNI}'", f"VOCAB_PATH = '{VOCAB}'", "INPUT_LENGTH = 48",
               "TASK_FEATURE_LENGTHS = {'inputs': 48, 'targets': 8}", "RANK = 4",
               "EXPERTS = 4", "train.allow_missing = True", f"train.cache_dir = '{cache_dir}'",

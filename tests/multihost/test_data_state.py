@@ -65,6 +65,16 @@ def test_iterator_checkpoint_continues_the_stream(reg, tmp_path):
   assert resumed.state()["batches"] == 4
   for w in want[4:]:
     _equal(next(resumed), w)
+  # Position only (no tf.data state): restoring re-reads, same stream.
+  light = pipeline.BatchIterator(**kw)
+  light.save_iterator = False
+  for _ in range(4):
+    next(light)
+  light.save_checkpoint(str(tmp_path / "light"), process_index=1)
+  assert sorted(os.listdir(tmp_path / "light")) == ["process_1.json"]
+  reread = pipeline.BatchIterator(**kw)
+  reread.restore_checkpoint(str(tmp_path / "light"), process_index=1)
+  _equal(next(reread), want[4])
   with pytest.raises(FileNotFoundError, match="process_0"):
     pipeline.BatchIterator(**kw).restore_checkpoint(str(tmp_path), process_index=0)
   with pytest.raises(ValueError, match="shard_id"):
