@@ -117,10 +117,9 @@ def test_evaluation_decodes_each_example_once(runs):
     bindings = [f"MODEL_DIR = '{model_dir}'", f"SNI_DIR = '{procs.SNI}'",
                 f"VOCAB_PATH = '{procs.VOCAB}'", "INPUT_LENGTH = 48",
                 "TASK_FEATURE_LENGTHS = {'inputs': 48, 'targets': 8}", "RANK = 4",
-                "EXPERTS = 4", "evaluate.allow_missing = True", f"evaluate.tasks = {EVAL_TASKS}",
+                "evaluate.allow_missing = True", f"evaluate.tasks = {EVAL_TASKS}",
                 "evaluate.max_decode_len = 4", "evaluate.batch_size = 8"]
-    return (["--gin_file=models/tiny.gin", "--gin_file=adapters/mode.gin",
-             "--gin_file=runs/infer.gin"] + [f"--gin_bindings={b}" for b in bindings])
+    return ([f"--gin_file={f}" for f in procs.GIN_FILES + ("runs/infer.gin",)] + [f"--gin_bindings={b}" for b in bindings])
 
   one = procs.launch("mode_jax.infer", args(dirs["eval_one"]), None, 4,
                      os.path.join(runs["root"], "logs_e1"))
