@@ -126,14 +126,56 @@ def restore_base(path: str, model: nnx.Module, mesh: jax.sharding.Mesh | None = 
   nnx.update(model, base_state)
 
 
+# --- The run checkpoint's data item: one iterator state per process. ---------
+
+
+class DataIteratorHandler(ocp.CheckpointHandler):
+  """Saves and restores each process's data iterator inside the run checkpoint.
+
+  Every process calls `save` within Orbax's multi-process save, on the same
+  temporary step directory, and writes its own files `data/process_<i>.*`
+  (`BatchIterator.save_checkpoint`: the tf.data iterator state). Orbax
+  renames the step directory only after all processes finished, so a kill
+  mid-save leaves the previous step complete, with every process's state.
+  `restore` continues the iterator in place: constant time, whatever the step.
+  """
+
+  def save(self, directory, args: "DataSave"):
+    args.iterator.save_checkpoint(str(directory), jax.process_index())
+
+  def restore(self, directory, args: "DataRestore"):
+    args.iterator.restore_checkpoint(str(directory), jax.process_index())
+    return args.iterator.state()
+
+  def metadata(self, directory):
+    return None
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+  iterator: Any  # a data.pipeline.BatchIterator
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+  iterator: Any  # a data.pipeline.BatchIterator, continued in place
+
+# ------------------------------------------------------------------------------
+
+
 class RunCheckpointer:
   """Periodic, atomic, asynchronous run checkpoints in `<model_dir>/checkpoints`.
 
   Each checkpoint holds the train state (step, adapter parameters, optimizer
-  state, adapter state such as balancing biases), the data position and the
-  operative gin config; never the frozen base. Orbax writes each step to a
-  temporary directory and renames it when complete, so a kill mid-save
-  leaves the previous checkpoint as the latest complete one. The restore
+  state, adapter state such as balancing biases), every process's data
+  iterator state and the operative gin config; never the frozen base. All
+  processes save together (Orbax's multi-process save: each writes its
+  shards of the arrays and its own data state; process 0 the JSON). Orbax
+  writes each step to a temporary directory and renames it when complete,
+  so a kill mid-save leaves the previous checkpoint as the latest complete
+  one. The restore
   methods heal (`checkpoint_healing.heals`): without a step they use the
   newest step that reads completely; damaged or incomplete steps are
   reported and skipped, and `restore` (the trainer's) moves them aside.
@@ -159,20 +201,21 @@ class RunCheckpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def save(self, step: int, state: dict, data_state: dict, config: str = "",
+  def save(self, step: int, state: dict, data: Any, config: str = "",
            force: bool = False) -> bool:
     """Saves when the interval says so (or `force`); returns whether it did.
 
     `state` is the train state {"step", "params", "opt_state",
     "adapter_state"}; the adapters and the optimizer state are separate
-    items so evaluation can read the adapters alone.
+    items so evaluation can read the adapters alone. `data` is this
+    process's `BatchIterator`; its state is written before `save` returns.
     """
     adapters = {k: v for k, v in state.items() if k != "opt_state"}
     return self.manager.save(
         step, args=ocp.args.Composite(
             adapters=ocp.args.StandardSave(adapters),
             opt_state=ocp.args.StandardSave(state["opt_state"]),
-            data=ocp.args.JsonSave(data_state),
+            data=DataSave(data),
             config=ocp.args.JsonSave({"gin": config})), force=force)
 
   def _step(self, step):
@@ -182,14 +225,19 @@ class RunCheckpointer:
     return step
 
   @healing.heals(move_aside=True)
-  def restore(self, abstract_state: dict, step: int | None = None) -> tuple[Any, dict, str]:
-    """Restores (train state, data_state, gin config) of `step` (default: latest)."""
+  def restore(self, abstract_state: dict, data: Any,
+              step: int | None = None) -> tuple[Any, dict, str]:
+    """Restores (train state, data state, gin config) of `step` (default: latest).
+
+    `data` (this process's `BatchIterator`) is continued in place; its
+    `state()` is returned.
+    """
     step = self._step(step)
     adapters = {k: v for k, v in abstract_state.items() if k != "opt_state"}
     out = self.manager.restore(step, args=ocp.args.Composite(
         adapters=ocp.args.StandardRestore(adapters),
         opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
-        data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+        data=DataRestore(data), config=ocp.args.JsonRestore()))
     state = dict(out.adapters, opt_state=out.opt_state)
     return state, dict(out.data), out.config.get("gin", "")
 

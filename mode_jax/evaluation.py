@@ -4,18 +4,28 @@ The feature converters train the model on `[0] + inputs + targets + [EOS]`
 (shifted right), so a prompt is decoded from `[0] + input_ids`, left-padded
 to the inputs budget, and generation stops at EOS or `max_decode_len`.
 Metrics are the official SNI ones, overall, per task and per category.
+
+Several processes: each global batch of `batch_size` prompts is split by
+rows as training batches are (`trainer.data_shard`); a process feeds only its
+rows, fetches and detokenizes only its rows, and the predictions are then
+gathered (`multihost_utils.process_allgather`) so that every process scores
+the full list and reports the metrics of one process. Every example is
+decoded exactly once; records carry the `process` that decoded them.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mode_jax import decoding
 from mode_jax import sharding
+from mode_jax import trainer
 from mode_jax.data import metrics as metrics_lib
 
 
@@ -44,27 +54,72 @@ class Evaluator:
     self.mesh = mesh
     self.decode_fn = decoding.make_decode_fn(graphdef, max_decode_len,
                                              eos_id=vocabulary.eos_id, pad_id=vocabulary.pad_id)
+    shard, num_shards = (0, 1) if mesh is None else trainer.data_shard(mesh, batch_size)
+    rows = batch_size // num_shards
+    self.rows = (shard * rows, shard * rows + rows)  # this process's rows of a batch
+    self.num_shards = num_shards
+    self.decoded_by: list[int] = []  # process that decoded each example (after predict)
 
-  def _batches(self):
-    n = len(self.examples)
-    for start in range(0, n, self.batch_size):
-      chunk = self.examples[start:start + self.batch_size]
-      prompts = [[0] + list(ex.input_ids) for ex in chunk]
-      prompts += [[0]] * (self.batch_size - len(chunk))  # pad the last batch
-      toks, mask = decoding.left_pad(prompts, self.input_length, self.vocabulary.pad_id)
-      yield chunk, toks, mask
+  def _local_rows(self, out: jax.Array) -> np.ndarray:
+    """This process's rows [lo, hi) of a global [B, T] array, as numpy."""
+    lo, hi = self.rows
+    local = np.zeros((hi - lo,) + out.shape[1:], out.dtype)
+    for s in out.addressable_shards:
+      r = s.index[0]
+      start, stop = r.start or 0, out.shape[0] if r.stop is None else r.stop
+      a, b = max(start, lo), min(stop, hi)
+      if a < b:
+        local[a - lo:b - lo] = np.asarray(s.data)[a - start:b - start]
+    return local
+
+  def _decode_batch(self, states, chunk) -> list[str]:
+    """Decodes this process's rows of one global batch (all processes call it)."""
+    lo, hi = self.rows
+    prompts = [[0] + list(ex.input_ids) for ex in chunk[lo:hi]]
+    prompts += [[0]] * (hi - lo - len(prompts))  # pad the last batch
+    toks, mask = decoding.left_pad(prompts, self.input_length, self.vocabulary.pad_id)
+    if self.mesh is None:
+      out = np.asarray(self.decode_fn(tuple(states), toks, mask))
+    else:
+      sh = sharding.named_sharding(("batch", "length"), (self.batch_size, toks.shape[1]),
+                                   self.mesh)
+      toks, mask = (jax.make_array_from_process_local_data(sh, x) for x in (toks, mask))
+      out = self.decode_fn(tuple(states), toks, mask)
+      out_sh = sharding.named_sharding(("batch", "length"), out.shape, self.mesh)
+      if not out.sharding.is_equivalent_to(out_sh, out.ndim):
+        out = jax.device_put(out, out_sh)
+      out = self._local_rows(out)
+    return [self.vocabulary.decode(decoding.strip(ids, self.vocabulary.eos_id,
+                                                  self.vocabulary.pad_id))
+            for ids in out[:max(0, len(chunk) - lo)]]
 
   def predict(self, states) -> list[str]:
-    """Decoded strings, one per example."""
-    preds = []
-    for chunk, toks, mask in self._batches():
-      if self.mesh is not None:
-        sh = sharding.named_sharding(("batch", "length"), toks.shape, self.mesh)
-        toks, mask = jax.device_put(toks, sh), jax.device_put(mask, sh)
-      out = np.asarray(self.decode_fn(tuple(states), toks, mask))
-      for i in range(len(chunk)):
-        ids = decoding.strip(out[i], self.vocabulary.eos_id, self.vocabulary.pad_id)
-        preds.append(self.vocabulary.decode(ids))
+    """Decoded strings, one per example, on every process (see the module doc)."""
+    mine = []  # (example index, prediction) decoded here
+    for start in range(0, len(self.examples), self.batch_size):
+      chunk = self.examples[start:start + self.batch_size]
+      preds = self._decode_batch(states, chunk)
+      mine += [(start + self.rows[0] + i, p) for i, p in enumerate(preds)]
+    if jax.process_count() == 1:
+      self.decoded_by = [0] * len(mine)
+      return [p for _, p in mine]
+    return self._gather(mine)
+
+  def _gather(self, mine: list) -> list[str]:
+    """All processes' (index, prediction) pairs, merged in example order."""
+    data = np.frombuffer(json.dumps(mine).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([data.size], np.int32)).reshape(-1)
+    buf = np.zeros(int(sizes.max()), np.uint8)
+    buf[:data.size] = data
+    every = np.asarray(multihost_utils.process_allgather(buf))
+    preds, self.decoded_by = [None] * len(self.examples), [-1] * len(self.examples)
+    for p in range(every.shape[0]):  # processes holding the same rows: first wins
+      for i, pred in json.loads(every[p, :sizes[p]].tobytes()):
+        if preds[i] is None:
+          preds[i], self.decoded_by[i] = pred, p
+    missing = [i for i, x in enumerate(preds) if x is None]
+    if missing:
+      raise RuntimeError(f"evaluation: examples {missing[:5]} were decoded by no process")
     return preds
 
   def evaluate(self, states) -> tuple[dict, list[dict]]:
@@ -75,10 +130,10 @@ class Evaluator:
     grouped = metrics_lib.grouped_sni_metrics(
         refs, preds, [ex.task for ex in self.examples], [ex.category for ex in self.examples])
     records = []
-    for ex, pred in zip(self.examples, preds):
+    for ex, pred, proc in zip(self.examples, preds, self.decoded_by):
       score = metrics_lib.sni_metrics([list(ex.references)], [pred])
       records.append({"task": ex.task, "id": ex.id, "prompt": ex.prompt, "prediction": pred,
-                      "references": list(ex.references), "score": score})
+                      "references": list(ex.references), "score": score, "process": proc})
     grouped["num_examples"] = len(preds)
     grouped["seconds"] = time.time() - t0
     return grouped, records

@@ -1,7 +1,9 @@
 """Predictions as JSONL: `python -m mode_jax.infer --gin_file=runs/infer.gin ...`.
 
 Writes `<MODEL_DIR>/predictions.jsonl`, one line per instance with task, id,
-prompt, prediction, references and score (the same decode as `eval`).
+prompt, prediction, references, score and the process that decoded it (the
+same decode as `eval`; with `--multihost` each process decodes its rows and
+process 0 writes the file).
 """
 
 from mode_jax import eval as eval_lib

@@ -78,7 +78,31 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
   ap.add_argument("--restore_step", type=int, default=None,
                   help="resume (train) or evaluate (eval, infer) this checkpoint step "
                        "instead of the latest complete one")
-  return ap.parse_args(argv)
+  # With --multihost and none of these, jax.distributed.initialize() detects
+  # them (TPU VMs, Slurm, ...); on one machine pass all three to every process.
+  ap.add_argument("--coordinator_address", default=None,
+                  help="with --multihost: host:port of process 0's coordinator service")
+  ap.add_argument("--num_processes", type=int, default=None,
+                  help="with --multihost: number of processes")
+  ap.add_argument("--process_id", type=int, default=None,
+                  help="with --multihost: this process's index, 0 .. num_processes-1")
+  args = ap.parse_args(argv)
+  given = [f for f in ("coordinator_address", "num_processes", "process_id")
+           if getattr(args, f) is not None]
+  if given and not args.multihost:
+    ap.error(f"--{given[0]} needs --multihost")
+  if args.num_processes is not None and args.num_processes < 1:
+    ap.error(f"--num_processes must be >= 1, got {args.num_processes}")
+  if args.process_id is not None and not (
+      0 <= args.process_id < (args.num_processes or args.process_id + 1)):
+    ap.error(f"--process_id must be in [0, --num_processes), got {args.process_id}")
+  return args
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+  """`jax.distributed.initialize` with the flags given (None: auto-detected)."""
+  jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                             num_processes=args.num_processes, process_id=args.process_id)
 
 
 def restore_step_bindings(step: int | None) -> list[str]:
@@ -313,8 +337,13 @@ def parse_and_run(fn: Callable, argv=None):
   default_platform()
   args = parse_flags(sys.argv[1:] if argv is None else argv)
   if args.multihost:
-    jax.distributed.initialize()
+    initialize_distributed(args)
   if not args.gin_file:
     raise SystemExit("at least one --gin_file is required (see configs/)")
   parse_gin(args.gin_file, args.gin_bindings + restore_step_bindings(args.restore_step))
-  return call_configured(fn)
+  result = call_configured(fn)
+  if args.multihost:
+    # Together and before interpreter teardown: left to exit-time garbage
+    # collection, the distributed runtime's teardown waits on timeouts.
+    jax.distributed.shutdown()
+  return result

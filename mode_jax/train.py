@@ -50,6 +50,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
           keep_checkpoints: int = 3, async_checkpoint: bool = True,
           eval_every: int = 0, eval_batch_size: int = 16, max_decode_len: int = 64,
           eval_tasks: Any = None, loss_chunk: int = 256, restore_step: int | None = None,
+          data_shards: int | None = None, data_iterator_checkpoints: bool = True,
           hooks: Any = None) -> dict:
   """Trains and returns a summary (final metrics, steps/s, checkpoint path).
 
@@ -71,6 +72,14 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
       (losses.chunked_cross_entropy; 0: the whole [B, L, V] logits at once).
     restore_step: resume from this checkpoint step (`--restore_step`) instead of
       the latest complete one; newer steps are set aside (renamed).
+    data_shards: seqio shards of each global batch (default: one per process,
+      or per group of processes holding the same rows). A multiple of that
+      number: each process then reads several, so one process with
+      data_shards=N reads the global batches of N processes.
+    data_iterator_checkpoints: save each process's tf.data iterator state
+      (resume in constant time; the shuffle buffers make it large on the
+      full data), else its position only (small; resuming re-reads the
+      consumed batches).
     hooks: test hooks, e.g. {"poison_step": k} makes step k's loss NaN.
   """
   launch.check_arguments(train, locals())  # Settings first, before any heavy work.
@@ -92,9 +101,12 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   lock = runlock.acquire(model_dir)  # One writer per run directory (process 0 holds it).
 
   _check_vocab(vocab_path, experiment.model_config(model))
-  nproc, pid = jax.process_count(), jax.process_index()
-  if batch_size % nproc:
-    raise ValueError(f"BATCH_SIZE={batch_size} must divide over {nproc} processes")
+  # Which rows of each global batch this process feeds (multi-host: disjoint).
+  shard_id, nshards = trainer.data_shard(mesh_, batch_size)
+  data_shards = data_shards or nshards
+  if data_shards % nshards or batch_size % data_shards:
+    raise ValueError(f"train.data_shards={data_shards} must be a multiple of the {nshards} "
+                     f"process shards and divide BATCH_SIZE={batch_size}")
   run = make_run(model, adapter, mesh_, optimizer=optimizer, train_steps=train_steps,
                  micro_batches=micro_batches, prefix_lm=prefix_lm, loss_chunk=loss_chunk,
                  model_=experiment.build_model(model, adapter, mesh_,
@@ -103,16 +115,19 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   state = jax.jit(lambda p, a: trainer.init_state(p, a, tx))(run.params, run.adapter_state)
 
   data = pipeline.BatchIterator(
-      mixture_or_task_name, task_feature_lengths, batch_size // nproc,
-      split="train", shuffle=True, seed=seed, shard_id=pid, num_shards=nproc, pack=pack)
+      mixture_or_task_name, task_feature_lengths, batch_size // nshards,
+      split="train", shuffle=True, seed=seed, shard_id=shard_id, num_shards=nshards,
+      pack=pack, shards_per_host=data_shards // nshards)
+  data.save_iterator = data_iterator_checkpoints
+  print(f"process {jax.process_index()} of {jax.process_count()}: data shard {shard_id} of "
+        f"{nshards}, {batch_size // nshards} rows of each batch of {batch_size}", flush=True)
   ckpt = checkpoints.RunCheckpointer(model_dir, save_interval_steps=checkpoint_every,
                                      max_to_keep=keep_checkpoints, async_save=async_checkpoint)
   config_text = launch.write_operative_config(model_dir, "config_start.gin")
   start = 0
   if restore_step is not None or ckpt.latest_step() is not None:
-    state, data_state, _ = ckpt.restore(checkpoints.abstract_like(state), restore_step,
-                                        set_aside_newer=True)
-    data.restore(data_state)
+    state, _, _ = ckpt.restore(checkpoints.abstract_like(state), data, restore_step,
+                               set_aside_newer=True)  # data: continued in place
     start = int(state["step"])
     print(f"resumed from {ckpt.directory} at step {start}", flush=True)
 
@@ -147,7 +162,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
       batch = next(data)
       if hooks.get("poison_step") == step + 1:  # test hook: a NaN loss at this step
         batch = dict(batch, decoder_loss_weights=batch["decoder_loss_weights"] * np.nan)
-      batch = trainer.place_batch(batch, mesh_)
+      batch = trainer.place_batch(batch, mesh_, num_shards=nshards)
       if step_fn is None:
         step_fn = run.jit(state, batch)
       state, metrics = step_fn(state, frozen, batch)
@@ -175,7 +190,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
         t_last, steps_since = now, 0
         tokens_since = jnp.zeros((), jnp.float32)
       lock.check()
-      ckpt.save(step, state, data.state(), config_text, force=final)
+      ckpt.save(step, state, data, config_text, force=final)
       if do_eval:
         _evaluate(evaluator, state, frozen, model_dir, step, eval_log)
   ckpt.close()

@@ -140,17 +140,43 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
   return train_step
 
 
-def place_batch(batch: dict, mesh, rules=sharding.DEFAULT_RULES) -> dict:
+def data_shard(mesh, global_batch: int, rules=sharding.DEFAULT_RULES) -> tuple[int, int]:
+  """(shard index, number of shards) of this process's rows of a global batch.
+
+  The rows a process's devices hold under the ('batch',) sharding form one
+  contiguous block; the process reads data shard `index` of `count` (equal
+  to (process_index, process_count) when the batch axes span the processes
+  in order, as with the default mesh). Processes that hold the same rows
+  (a mesh axis that replicates the batch across hosts) read the same shard.
+
+  Raises:
+    ValueError: the process's rows are not one contiguous block.
+  """
+  sh = sharding.named_sharding(("batch",), (global_batch,), mesh, rules)
+  rows = sorted({r for idx in sh.addressable_devices_indices_map((global_batch,)).values()
+                 for r in range(*idx[0].indices(global_batch))})
+  lo, n = rows[0], len(rows)
+  if rows != list(range(lo, lo + n)) or global_batch % n or lo % n:
+    raise ValueError(f"process {jax.process_index()} holds rows {rows[:4]}... of a batch of "
+                     f"{global_batch}: not one block of a split into equal shards; order the "
+                     "mesh's devices by process along its batch axes")
+  return lo // n, global_batch // n
+
+
+def place_batch(batch: dict, mesh, rules=sharding.DEFAULT_RULES,
+                num_shards: int | None = None) -> dict:
   """Per-host numpy batch -> global arrays sharded on ('batch', 'length').
 
-  Each process passes its own rows; loss weights become float32.
+  Each process passes its own rows (shard `data_shard(...)[0]` of
+  `num_shards`, default the process count); loss weights become float32.
   """
   out = {}
+  n = jax.process_count() if num_shards is None else num_shards
   for k in BATCH_KEYS + OPTIONAL_KEYS:
     if k in batch:
       x = np.asarray(batch[k], np.float32 if k == "decoder_loss_weights" else None)
-      sh = sharding.named_sharding(("batch", "length"),
-                                   (x.shape[0] * jax.process_count(), x.shape[1]), mesh, rules)
+      sh = sharding.named_sharding(("batch", "length"), (x.shape[0] * n, x.shape[1]),
+                                   mesh, rules)
       out[k] = jax.make_array_from_process_local_data(sh, x)
   return out
 

@@ -178,7 +178,8 @@ def test_eval_infer_export(runs):
   assert metrics["per_category"]
   preds = [json.loads(l) for l in open(os.path.join(d, "predictions.jsonl"))]
   assert len(preds) == metrics["num_examples"] > 0
-  assert set(preds[0]) == {"task", "id", "prompt", "prediction", "references", "score"}
+  assert set(preds[0]) == {"task", "id", "prompt", "prediction", "references", "score",
+                           "process"}
   assert os.path.exists(os.path.join(d, "eval", "validation_metrics_4.json"))
 
   out = export_lib.export(model_dir=d, model="tiny",

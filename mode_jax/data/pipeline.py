@@ -12,21 +12,37 @@ numpy int32 arrays [batch_size, inputs + targets]:
 
 Each process passes its `shard_id` / `num_shards` (seqio.ShardInfo): the
 shards are disjoint at the examples of every task. `batch_size` is per host.
+With `shards_per_host = k` a process reads the k seqio shards
+`shard_id * k ... shard_id * k + k - 1` of `num_shards * k`, `batch_size / k`
+rows from each, concatenated in shard order: one process with k = N then
+reads exactly the global batches of N processes with k = 1 (the multi-host
+tests compare the two).
 
-Resuming: the stream is deterministic given (seed, shard); `state()` records
-the batches consumed and `restore(state)` rebuilds the stream and skips them
-(cost: the skipped batches are recomputed, about as fast as training reads
-them; see benchmarks/data_pipeline.py).
+Resuming, in constant time: `save_checkpoint(directory)` writes this
+process's tf.data iterator state (`tf.train.Checkpoint`, as T5X's per-host
+dataset checkpoints) and `restore_checkpoint(directory)` reads it back: the
+cost is that of the buffered elements (shuffle and prefetch buffers), not of
+the batches consumed. Why tf.data checkpoints: the pipeline *is* SeqIO's
+tf.data graph (file sources, per-task shuffles, mixture sampling, packing),
+and tf.data checkpoints all of it exactly, with no change of data order; a
+seekable index design would need random-access sources and its own mixture
+sampler (Grain), i.e. another data stack. The price is size: the per-task
+shuffle buffers (seqio keeps up to 1000 tokenized examples per task) are
+saved too. The older `state()` / `restore(state)` pair skips the consumed
+batches (a re-read that grows with the step) and stays for comparison
+(benchmarks/resume_data.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Iterator, Mapping
 
 import numpy as np
 import seqio
 import tensorflow as tf
+from etils import epath
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +58,8 @@ class PipelineConfig:
     seed: seed of the shuffles and of the mixture sampling.
     shard_id: this process's shard (jax.process_index()).
     num_shards: number of shards (jax.process_count()).
+    shards_per_host: seqio shards read by this process (see the module
+      docstring); `batch_size` must divide by it.
     pack: pack several examples per row.
     num_epochs: None repeats forever (training default); 1 for evaluation.
     cache_in_memory: let seqio keep small tasks (< 10k examples per shard)
@@ -60,6 +78,7 @@ class PipelineConfig:
   pack: bool = False
   num_epochs: int | None = None
   cache_in_memory: bool = False
+  shards_per_host: int = 1
 
   def __post_init__(self):
     lengths = dict(self.task_feature_lengths)
@@ -75,21 +94,36 @@ class PipelineConfig:
     if not 0 <= self.shard_id < self.num_shards:
       raise ValueError(f"PipelineConfig: need 0 <= shard_id < num_shards, got "
                        f"{self.shard_id}, {self.num_shards}")
+    if (not isinstance(self.shards_per_host, int) or self.shards_per_host < 1
+        or self.batch_size % self.shards_per_host):
+      raise ValueError(f"PipelineConfig.shards_per_host must be a positive int dividing "
+                       f"batch_size={self.batch_size}, got {self.shards_per_host!r}")
     if self.num_epochs is not None and self.num_epochs < 1:
       raise ValueError(f"PipelineConfig.num_epochs must be None or >= 1, got "
                        f"{self.num_epochs}")
 
 
-def make_dataset(cfg: PipelineConfig, skip_batches: int = 0) -> tf.data.Dataset:
-  """The batched tf.data pipeline of `cfg`, after `skip_batches` batches."""
+def _shard_dataset(cfg: PipelineConfig, shard: seqio.ShardInfo,
+                   batch_size: int) -> tf.data.Dataset:
   lengths = dict(cfg.task_feature_lengths)
   # As seqio.get_dataset, which does not pass try_in_mem_cache on.
   ds = seqio.get_mixture_or_task(cfg.mixture_or_task_name).get_dataset(
       lengths, split=cfg.split, shuffle=cfg.shuffle, seed=cfg.seed,
-      shard_info=seqio.ShardInfo(cfg.shard_id, cfg.num_shards), num_epochs=cfg.num_epochs,
-      try_in_mem_cache=cfg.cache_in_memory)
+      shard_info=shard, num_epochs=cfg.num_epochs, try_in_mem_cache=cfg.cache_in_memory)
   ds = seqio.DecoderFeatureConverter(pack=cfg.pack)(ds, task_feature_lengths=lengths)
-  ds = ds.batch(cfg.batch_size, drop_remainder=cfg.num_epochs is None)
+  return ds.batch(batch_size, drop_remainder=cfg.num_epochs is None)
+
+
+def make_dataset(cfg: PipelineConfig, skip_batches: int = 0) -> tf.data.Dataset:
+  """The batched tf.data pipeline of `cfg`, after `skip_batches` batches."""
+  k = cfg.shards_per_host
+  parts = [_shard_dataset(cfg, seqio.ShardInfo(cfg.shard_id * k + i, cfg.num_shards * k),
+                          cfg.batch_size // k) for i in range(k)]
+  if k == 1:
+    ds = parts[0]
+  else:  # Rows of shard 0, then shard 1, ...: the global batch of k hosts.
+    ds = tf.data.Dataset.zip(tuple(parts)).map(
+        lambda *bs: {key: tf.concat([b[key] for b in bs], 0) for key in bs[0]})
   ds = ds.map(lambda b: {k: tf.cast(v, tf.int32) for k, v in b.items()})
   if skip_batches:
     ds = ds.skip(skip_batches)
@@ -110,23 +144,25 @@ class BatchIterator:
   def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                batch_size: int, split: str = "train", shuffle: bool = True, seed: int = 0,
                shard_id: int = 0, num_shards: int = 1, pack: bool = False,
-               num_epochs: int | None = None, cache_in_memory: bool = False):
+               num_epochs: int | None = None, cache_in_memory: bool = False,
+               shards_per_host: int = 1):
     self.config = PipelineConfig(mixture_or_task_name, dict(task_feature_lengths),
                                  batch_size, split, shuffle, seed, shard_id, num_shards,
-                                 pack, num_epochs, cache_in_memory)
+                                 pack, num_epochs, cache_in_memory, shards_per_host)
     self._consumed = 0
     self._it = None
+    self.save_iterator = True  # save_checkpoint: tf.data state, or the position only
 
   def _iterator(self) -> Iterator:
     if self._it is None:
-      self._it = make_dataset(self.config, self._consumed).as_numpy_iterator()
+      self._it = iter(make_dataset(self.config, self._consumed))
     return self._it
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._iterator())
+    batch = {k: v.numpy() for k, v in next(self._iterator()).items()}
     self._consumed += 1
     return batch
 
@@ -135,7 +171,8 @@ class BatchIterator:
     c = self.config
     return {"batches": self._consumed, "seed": c.seed, "shard_id": c.shard_id,
             "num_shards": c.num_shards, "name": c.mixture_or_task_name,
-            "batch_size": c.batch_size, "pack": c.pack}
+            "batch_size": c.batch_size, "pack": c.pack,
+            "shards_per_host": c.shards_per_host}
 
   def restore(self, state: Mapping) -> None:
     """Continues the stream after `state["batches"]` batches.
@@ -143,10 +180,54 @@ class BatchIterator:
     Raises:
       ValueError: `state` was saved by an iterator with other settings.
     """
-    mine = self.state()
-    for k in ("seed", "shard_id", "num_shards", "name", "batch_size", "pack"):
-      if k in state and state[k] != mine[k]:
-        raise ValueError(f"BatchIterator.restore: state[{k!r}]={state[k]!r} but this "
-                         f"iterator has {mine[k]!r}")
+    self._check(state, "BatchIterator.restore: state")
     self._consumed = int(state["batches"])
     self._it = None
+
+  def _check(self, state: Mapping, what: str) -> None:
+    state = {"shards_per_host": 1, **state}  # States saved before shards_per_host.
+    mine = self.state()
+    for k in ("seed", "shard_id", "num_shards", "name", "batch_size", "pack",
+              "shards_per_host"):
+      if k in state and state[k] != mine[k]:
+        raise ValueError(f"{what}[{k!r}]={state[k]!r} but this iterator has {mine[k]!r}")
+
+  def _files(self, directory: str, process_index: int) -> tuple[str, str]:
+    prefix = str(epath.Path(directory) / f"process_{process_index}")  # may be gs://
+    return prefix, prefix + ".json"
+
+  def save_checkpoint(self, directory: str, process_index: int = 0) -> None:
+    """Writes this iterator's exact position under `directory` (one process's files).
+
+    Files: `process_<i>.json` (the `state()` dict) and the tf.data iterator
+    checkpoint `process_<i>.index` / `.data-*`. Every process writes its own.
+    With `self.save_iterator = False` only the JSON is written (small, but
+    restoring re-reads the consumed batches).
+    """
+    prefix, meta = self._files(directory, process_index)
+    tf.io.gfile.makedirs(str(directory))
+    if self.save_iterator:
+      tf.train.Checkpoint(iterator=self._iterator()).write(prefix)
+    with tf.io.gfile.GFile(meta, "w") as f:
+      f.write(json.dumps(self.state()))
+
+  def restore_checkpoint(self, directory: str, process_index: int = 0) -> None:
+    """Continues from a `save_checkpoint`: constant time, whatever the position.
+
+    Raises:
+      FileNotFoundError: no state of process `process_index` under `directory`.
+      ValueError: the state was saved by an iterator with other settings.
+    """
+    prefix, meta = self._files(directory, process_index)
+    if not tf.io.gfile.exists(meta):
+      raise FileNotFoundError(f"no data iterator state {meta!r} (was the checkpoint "
+                              "written by fewer processes, or by an older version?)")
+    with tf.io.gfile.GFile(meta) as f:
+      state = json.loads(f.read())
+    self._check(state, f"data iterator state {meta!r}")
+    if not tf.io.gfile.exists(prefix + ".index"):  # saved with save_iterator=False
+      self.restore(state)
+      return
+    self._consumed, self._it = 0, None
+    tf.train.Checkpoint(iterator=self._iterator()).read(prefix).assert_consumed()
+    self._consumed = int(state["batches"])
