@@ -98,6 +98,10 @@ def _committed(step_dir: str) -> bool:
     return False
 
 
+def _is_data_state(name: str) -> bool:
+  return name.startswith("process_") and name.endswith(".json")
+
+
 def check_step(directory: str, step: int) -> Damage | None:
   """File checks of one step, without reading arrays; None when nothing is wrong."""
   step_dir = files.join(directory, str(step))
@@ -117,15 +121,18 @@ def check_step(directory: str, step: int) -> Damage | None:
                    for n in names)
     if is_array and "_METADATA" not in names:
       return Damage(step, item, files.join(item_dir, "_METADATA"), "missing (array metadata)")
-    if not is_array and "metadata" not in names and "_METADATA" not in names:
+    # The data item holds each process's iterator files (`process_<i>.json`
+    # and the tf.data checkpoint beside it: checkpoints.DataIteratorHandler).
+    is_data = any(_is_data_state(n) for n in names)
+    if not (is_array or is_data) and "metadata" not in names and "_METADATA" not in names:
       return Damage(step, item, files.join(item_dir, "metadata"), "missing (item metadata)")
     for path in files.walk_files(item_dir):
       size = files.size(path)
       parent, name = path.rsplit("/", 2)[-2:]
-      if name in _JSON_FILES or parent == "array_metadatas":
+      if name in _JSON_FILES or parent == "array_metadatas" or _is_data_state(name):
         if problem := _json_problem(path):
           return Damage(step, item, path, problem)
-      elif size == 0 and is_array:
+      elif size == 0 and (is_array or is_data):
         return Damage(step, item, path, "empty file (0 bytes; array data or index lost)")
   return None
 

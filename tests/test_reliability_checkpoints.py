@@ -19,6 +19,22 @@ import pytest
 
 from mode_jax import checkpoint_healing as healing
 from mode_jax import checkpoints
+from mode_jax.data import config as data_config
+from mode_jax.data import pipeline
+from mode_jax.data import tasks
+
+SAMPLE = os.path.join(os.path.dirname(__file__), "..", "data", "sni_sample")
+DATA = {"mixture_or_task_name": "hsni_train", "task_feature_lengths": {"inputs": 32, "targets": 8},
+        "batch_size": 2, "seed": 1}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _registered(tmp_path_factory):
+  """A real SNI task: the run checkpoint's data item is its iterator's state."""
+  tasks.register_sni(SAMPLE, data_config.SniConfig(max_input_tokens=32),
+                     cache_dir=str(tmp_path_factory.mktemp("cache")),
+                     tasks=["task1146_country_capital"], prefix="hsni", allow_missing=True,
+                     case_study=False, test=False)
 
 
 def _state(k: int) -> dict:
@@ -31,15 +47,19 @@ def _state(k: int) -> dict:
 def _save(model_dir, steps=(1, 2, 3)):
   ck = checkpoints.RunCheckpointer(str(model_dir), save_interval_steps=1, max_to_keep=None,
                                    async_save=False)
+  data = pipeline.BatchIterator(**DATA)
   for k in steps:
-    ck.save(k, _state(k), {"batches": k}, f"TRAIN_STEPS = {k}", force=True)
+    next(data)
+    ck.save(k, _state(k), data, f"TRAIN_STEPS = {k}", force=True)
   ck.close()
 
 
 def _restore(model_dir, step=None, **kw):
   ck = checkpoints.RunCheckpointer(str(model_dir), async_save=False)
   try:
-    return ck.restore(checkpoints.abstract_like(_state(0)), step, **kw)
+    state, data, gin_text = ck.restore(checkpoints.abstract_like(_state(0)),
+                                       pipeline.BatchIterator(**DATA), step, **kw)
+    return state, {"batches": data["batches"]}, gin_text
   finally:
     ck.close()
 
@@ -72,7 +92,7 @@ def _delete_array_metadata(d):
 
 
 def _garbage_data_item(d):
-  path = os.path.join(d, "checkpoints", "3", "data", "metadata")
+  path = os.path.join(d, "checkpoints", "3", "data", "process_0.json")
   open(path, "w").write('{"batches": 3, ')
   return "data", path
 
@@ -154,7 +174,7 @@ def test_explicit_step_restores_it_and_sets_newer_aside(tmp_path):
 def test_explicit_damaged_step_raises_and_moves_nothing(tmp_path):
   _save(tmp_path)
   _garbage_data_item(str(tmp_path))
-  with pytest.raises(healing.CheckpointDamaged, match=r"step 3, item 'data'.*metadata"):
+  with pytest.raises(healing.CheckpointDamaged, match=r"step 3, item 'data'.*process_0.json"):
     _restore(tmp_path, 3)
   assert (tmp_path / "checkpoints" / "3").exists()
 
@@ -165,7 +185,7 @@ def test_changed_restore_target_is_not_damage(tmp_path):
   target["params"]["lora_a"] = jax.ShapeDtypeStruct((64, 16), jnp.float32)
   ck = checkpoints.RunCheckpointer(str(tmp_path), async_save=False)
   with pytest.raises(Exception) as e:
-    ck.restore(target)
+    ck.restore(target, pipeline.BatchIterator(**DATA))
   ck.close()
   assert not isinstance(e.value, (healing.CheckpointDamaged, FileNotFoundError))
   assert healing.step_dirs(str(tmp_path / "checkpoints")) == [1, 2, 3]  # Nothing moved.
@@ -186,6 +206,6 @@ def test_reader_falls_back_without_moving(tmp_path, capfd):
 def test_every_step_damaged_is_a_named_error(tmp_path):
   _save(tmp_path, steps=(1, 2))
   for k in (1, 2):
-    open(os.path.join(tmp_path, "checkpoints", str(k), "data", "metadata"), "w").write("x")
+    open(os.path.join(tmp_path, "checkpoints", str(k), "data", "process_0.json"), "w").write("x")
   with pytest.raises(FileNotFoundError, match=r"no readable checkpoint.*step 2.*step 1"):
     _restore(tmp_path)

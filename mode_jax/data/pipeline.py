@@ -37,12 +37,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 from typing import Iterator, Mapping
 
 import numpy as np
 import seqio
 import tensorflow as tf
-from etils import epath
+
+from mode_jax import files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +196,7 @@ class BatchIterator:
         raise ValueError(f"{what}[{k!r}]={state[k]!r} but this iterator has {mine[k]!r}")
 
   def _files(self, directory: str, process_index: int) -> tuple[str, str]:
-    prefix = str(epath.Path(directory) / f"process_{process_index}")  # may be gs://
+    prefix = files.join(str(directory), f"process_{process_index}")  # may be gs://
     return prefix, prefix + ".json"
 
   def save_checkpoint(self, directory: str, process_index: int = 0) -> None:
@@ -202,14 +205,21 @@ class BatchIterator:
     Files: `process_<i>.json` (the `state()` dict) and the tf.data iterator
     checkpoint `process_<i>.index` / `.data-*`. Every process writes its own.
     With `self.save_iterator = False` only the JSON is written (small, but
-    restoring re-reads the consumed batches).
+    restoring re-reads the consumed batches). tf.train.Checkpoint writes
+    through TensorFlow's file system, which cannot reach every bucket
+    endpoint (an emulator, say): it writes to a local temporary directory,
+    and the files are copied through `mode_jax.files`, the one path layer.
     """
     prefix, meta = self._files(directory, process_index)
-    tf.io.gfile.makedirs(str(directory))
+    files.makedirs(str(directory))
     if self.save_iterator:
-      tf.train.Checkpoint(iterator=self._iterator()).write(prefix)
-    with tf.io.gfile.GFile(meta, "w") as f:
-      f.write(json.dumps(self.state()))
+      with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, f"process_{process_index}")
+        tf.train.Checkpoint(iterator=self._iterator()).write(local)
+        for name in os.listdir(tmp):
+          if name.startswith(f"process_{process_index}."):
+            files.copy(os.path.join(tmp, name), files.join(str(directory), name))
+    files.write_text(meta, json.dumps(self.state()))
 
   def restore_checkpoint(self, directory: str, process_index: int = 0) -> None:
     """Continues from a `save_checkpoint`: constant time, whatever the position.
@@ -219,15 +229,20 @@ class BatchIterator:
       ValueError: the state was saved by an iterator with other settings.
     """
     prefix, meta = self._files(directory, process_index)
-    if not tf.io.gfile.exists(meta):
+    if not files.exists(meta):
       raise FileNotFoundError(f"no data iterator state {meta!r} (was the checkpoint "
                               "written by fewer processes, or by an older version?)")
-    with tf.io.gfile.GFile(meta) as f:
-      state = json.loads(f.read())
+    state = json.loads(files.read_text(meta))
     self._check(state, f"data iterator state {meta!r}")
-    if not tf.io.gfile.exists(prefix + ".index"):  # saved with save_iterator=False
+    if not files.exists(prefix + ".index"):  # saved with save_iterator=False
       self.restore(state)
       return
     self._consumed, self._it = 0, None
-    tf.train.Checkpoint(iterator=self._iterator()).read(prefix).assert_consumed()
+    with tempfile.TemporaryDirectory() as tmp:
+      stem = f"process_{process_index}."
+      for name in files.listdir(str(directory)):
+        if name.startswith(stem):
+          files.copy(files.join(str(directory), name), os.path.join(tmp, name))
+      local = os.path.join(tmp, f"process_{process_index}")
+      tf.train.Checkpoint(iterator=self._iterator()).read(local).assert_consumed()
     self._consumed = int(state["batches"])
