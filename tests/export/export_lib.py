@@ -7,6 +7,8 @@ comparisons: full-sequence logits and greedy decoding with the KV cache.
 """
 
 import dataclasses
+import os
+import sys
 
 import jax
 import numpy as np
@@ -18,7 +20,10 @@ from mode_jax import adapters
 from mode_jax import decoding
 from mode_jax import models
 
-import test_pretrained_lib as lib  # pylint: disable=g-bad-import-order
+# The tiny random HF Gemma builders of the parity tests (tests/models).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "models"))
+import test_pretrained_lib as lib  # pylint: disable=g-bad-import-order,wrong-import-position
 
 ATOL = 1e-4
 ALL_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")

@@ -37,11 +37,9 @@ def run(tmp_path_factory):
 
 
 def _export(run_dir, out, fmt):
-  export.main([f"--format={fmt}", "--gin_file=adapters/lora.gin",
-               f"--gin_bindings=export.model_dir = '{run_dir}'",
-               f"--gin_bindings=export.export_dir = '{out}'",
-               "--gin_bindings=export.model = 'tiny'", "--gin_bindings=export.adapter = %ADAPTER",
-               "--gin_bindings=RANK = 4",
+  export.main([f"--format={fmt}", "--gin_file=models/tiny.gin", "--gin_file=adapters/lora.gin",
+               "--gin_file=runs/export.gin", f"--gin_bindings=MODEL_DIR = '{run_dir}'",
+               f"--gin_bindings=export.export_dir = '{out}'", "--gin_bindings=RANK = 4",
                # The same random draws as ACFG, hence the same random tiny base.
                "--gin_bindings=adapters.AdapterConfig.a_init_scale = 0.3",
                "--gin_bindings=adapters.AdapterConfig.b_init_scale = 0.3"])
