@@ -6,6 +6,7 @@ saved as safetensors, loaded here with random non-zero adapters of any kind
 comparisons: full-sequence logits and greedy decoding with the KV cache.
 """
 
+import copy
 import dataclasses
 import os
 import sys
@@ -37,15 +38,30 @@ def hf_base(tmp_path_factory, gen: int = 2, kv: int = 2, name: str = "hf") -> st
 def adapted(path: str, acfg: adapters.AdapterConfig, seed: int = 1):
   """The HF base with `acfg` adapters, every adapter tensor random and non-zero.
 
-  Balancing biases get random values too, so that the exports must carry them.
+  The adapters are drawn with NumPy (compiling the model's random init costs
+  ~8 s of CPU per kind): lora_a / lora_b N(0, 0.15^2) (FlyLoRA's frozen lora_a
+  sparse, N(0, 1/R^2)), routers N(0, 1), balancing biases N(0, 0.1^2), so
+  that the exports must carry all of them.
   """
   acfg = dataclasses.replace(acfg, a_init_scale=0.3, b_init_scale=0.3, router_init_scale=1.0)
-  model = models.from_pretrained(path, acfg, seed=seed)
+  plain = models.from_pretrained(path)
+  model = models.abstract_model(plain.config, acfg)
   rng = np.random.RandomState(seed)
-  for _, node in nnx.iter_graph(model):
-    bias = getattr(node, "bias", None)
-    if isinstance(bias, adapters.AdapterState):
-      bias.set_value(jax.numpy.asarray(rng.normal(0, 0.1, bias.shape), bias.get_value().dtype))
+
+  def draw(key_path, sds):
+    name = str(getattr(key_path[-1], "key", key_path[-1]))
+    if name == "seed":
+      return np.zeros(sds.shape, sds.dtype)
+    std = {"lora_a": 0.15, "lora_b": 0.15, "router": 1.0, "bias": 0.1}[name]
+    x = rng.normal(0.0, std, sds.shape)
+    if name == "lora_a" and acfg.kind == "flylora":
+      x = rng.normal(0.0, 1.0 / acfg.rank, sds.shape) * (rng.rand(*sds.shape) < 0.4)
+    return jax.numpy.asarray(x, sds.dtype)
+
+  astate = nnx.state(model, adapters.ADAPTER)
+  nnx.replace_by_pure_dict(astate, jax.tree_util.tree_map_with_path(
+      draw, nnx.to_pure_dict(astate)))
+  nnx.update(model, nnx.state(plain, adapters.FROZEN_BASE), astate)
   return model, acfg
 
 
@@ -64,6 +80,18 @@ def our_greedy(model, toks, steps: int) -> np.ndarray:
   graphdef, state = nnx.split(model)
   fn = decoding.make_decode_fn(graphdef, steps, EOS)
   return np.asarray(fn((state,), np.asarray(toks), np.ones(toks.shape, bool)))
+
+
+def hf_generate(model, toks, steps: int) -> np.ndarray:
+  """Prompt + `steps` greedy tokens from `generate` with the KV cache, no EOS stop."""
+  config = copy.deepcopy(model.generation_config)
+  config.eos_token_id = None
+  with torch.no_grad():
+    out = model.generate(torch.tensor(np.asarray(toks), dtype=torch.long), do_sample=False,
+                         max_new_tokens=steps, use_cache=True, pad_token_id=0,
+                         generation_config=config).numpy()
+  assert out.shape == (toks.shape[0], toks.shape[1] + steps), out.shape
+  return out
 
 
 def hf_greedy(model, toks, steps: int) -> np.ndarray:

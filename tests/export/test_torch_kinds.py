@@ -42,28 +42,43 @@ def exported(request, base, tmp_path_factory):
 
 
 def test_logits_and_generate_equal_ours(base, exported):
+  """Logits on prompt + the tokens `generate` chose with its KV cache: equal to
+  ours, and each chosen token is our argmax after the same prefix, which makes
+  the greedy sequences equal (by induction over the steps)."""
   kind, model, out = exported
   hf = attach.attach(xl.hf_from(base), out)
   assert sum(isinstance(m, layers.Adapted) for m in hf.modules()) == 2 * len(T)
-  toks = xl.tokens(b=2, l=9, seed=5)
-  ours = xl.logits(model, toks)
-  assert np.abs(ours - xl.torch_logits(xl.hf_from(base), toks)).max() > 1e-2, kind
-  np.testing.assert_allclose(xl.torch_logits(hf, toks), ours, atol=xl.ATOL, rtol=0)
-  np.testing.assert_array_equal(xl.hf_greedy(hf, toks, 5), xl.our_greedy(model, toks, 5))
+  prompt, steps = xl.tokens(b=2, l=8, seed=5), 5
+  seq = xl.hf_generate(hf, prompt, steps)
+  ours = xl.logits(model, seq)
+  assert np.abs(ours - xl.torch_logits(xl.hf_from(base), seq)).max() > 1e-2, kind
+  np.testing.assert_allclose(xl.torch_logits(hf, seq), ours, atol=xl.ATOL, rtol=0)
+  np.testing.assert_array_equal(ours[:, -steps - 1:-1].argmax(-1), seq[:, -steps:])
+
+
+def test_greedy_decoding_equals_ours(base, one_export, one_model):
+  """One kind (MoDE top-k) against mode_jax's own cached greedy decoding."""
+  hf = attach.attach(xl.hf_from(base), one_export)
+  toks = xl.tokens(b=2, l=8, seed=6)
+  np.testing.assert_array_equal(xl.hf_greedy(hf, toks, 5), xl.our_greedy(one_model[0], toks, 5))
 
 
 @pytest.fixture(scope="module")
-def one_export(base, tmp_path_factory):
-  model, acfg = xl.adapted(base, KINDS["mode_p2_top2"])
+def one_model(base):
+  return xl.adapted(base, KINDS["mode_p2_top2"])
+
+
+@pytest.fixture(scope="module")
+def one_export(one_model, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("one"))
-  hf_export.write_torch(model, acfg, out)
+  hf_export.write_torch(*one_model, out)
   return out
 
 
 def test_attach_errors_name_the_module(base, one_export, tmp_path):
   out = one_export
   hf = attach.attach(xl.hf_from(base), out)
-  with pytest.raises(ValueError, match="model.layers.0.self_attn.q_proj.* not a plain"):
+  with pytest.raises(ValueError, match="model.layers.0.* is not a plain projection"):
     attach.attach(hf, out)
   with pytest.raises(FileNotFoundError, match="mode_jax_adapters.json not found"):
     attach.attach(hf, str(tmp_path))
