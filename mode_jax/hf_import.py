@@ -30,8 +30,10 @@ from mode_jax import adapters as adapters_lib
 from mode_jax import checkpoints
 from mode_jax import export as export_lib
 from mode_jax import hf_export
+from mode_jax import sharding
 from mode_jax import trainer
 from mode_jax.layers import linear
+from mode_jax.models import build
 from mode_jax.models import config as config_lib
 from mode_jax.models import pretrained
 
@@ -161,14 +163,35 @@ def _load_orbax_export(model: nnx.Module, path: str) -> None:
 
 
 def from_pretrained(base: str, adapters: str, mesh: jax.sharding.Mesh | None = None,
-                    **kwargs) -> nnx.Module:
-  """The base of `base` (any layout) with the PEFT LoRA of `adapters` loaded.
+                    rules=sharding.DEFAULT_RULES, **kwargs) -> nnx.Module:
+  """The base of `base` (any layout) with the PEFT LoRA of `adapters`, both sharded.
 
-  Keyword arguments go to `models.pretrained.from_pretrained`.
+  The base is read by `models.pretrained.from_pretrained` (which takes the
+  keyword arguments); the adapter arrays are placed straight into the
+  shardings of their logical axes, with no random initialisation first.
   """
   cfg = pretrained.read_config(base, kwargs.pop("model", None), kwargs.get("param_dtype"),
                                kwargs.get("dtype"))
-  acfg, _ = read_peft(adapters, cfg)
-  model = pretrained.from_pretrained(base, acfg, mesh, model=cfg, **kwargs)
-  load_adapters(model, adapters)
+  acfg, arrays = read_peft(adapters, cfg)
+  if mesh is None:
+    mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
+  plain = pretrained.from_pretrained(base, None, mesh, model=cfg, rules=rules, **kwargs)
+  model = build.abstract_model(plain.config, acfg)
+  astate = nnx.state(model, adapters_lib.ADAPTER)
+  shardings = nnx.to_pure_dict(sharding.state_shardings(astate, mesh, rules))
+
+  def place(key_path, sds):
+    keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path]
+    proj, name = "/".join(keys[:keys.index("adapter")]), keys[-1]
+    return jax.device_put(arrays[proj][name].astype(sds.dtype), _at(shardings, key_path))
+
+  nnx.replace_by_pure_dict(astate, jax.tree_util.tree_map_with_path(
+      place, nnx.to_pure_dict(astate)))
+  nnx.update(model, nnx.state(plain, adapters_lib.FROZEN_BASE), astate)
   return model
+
+
+def _at(tree, key_path):
+  for k in key_path:
+    tree = tree[getattr(k, "key", getattr(k, "idx", k))]
+  return tree
