@@ -55,6 +55,8 @@ def export(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   if merge and format != "orbax":
     raise ValueError(f"merge=True applies to format='orbax'; format={format!r} "
                      "(use format='hf_merged' for merged HF weights)")
+  if format in ("peft", "hf_merged"):
+    hf_export.check_linear(adapter)  # before anything is loaded
   if merge and adapter.kind != "lora":
     raise ValueError(f"merge=True needs a LoRA adapter; {adapter.kind!r} routes per token "
                      "and cannot be folded into the base weights")

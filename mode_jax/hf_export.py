@@ -20,6 +20,7 @@ becomes lora_alpha = s * R. Legend: P in, Q out, R rank, V vocab.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -80,26 +81,33 @@ def linear_lora(acfg: adapters_lib.AdapterConfig,
   One expert makes the softmax 1 (MoLoRA, MoLoRA-SD and MoDE are LoRA with
   lora_a[0] / lora_b[0]); FlyLoRA with k = R keeps every column.
   """
+  if not is_linear(acfg):
+    return None
   a, b = arrays["lora_a"], arrays["lora_b"]
-  if acfg.kind == "lora" or (acfg.kind == "flylora" and acfg.top_k == acfg.rank):
-    return a, b
-  if acfg.kind in ("molora", "molora_sd", "mode") and acfg.num_experts == 1:
+  if acfg.kind in ("molora", "molora_sd", "mode"):  # one expert
     return (a[0] if a.ndim == 3 else a), b[0]
-  return None
+  return a, b
+
+
+def is_linear(acfg: adapters_lib.AdapterConfig) -> bool:
+  """Whether `linear_lora` applies: the kind's delta is a fixed matrix."""
+  return (acfg.kind == "lora" or (acfg.kind == "flylora" and acfg.top_k == acfg.rank)
+          or (acfg.kind in ("molora", "molora_sd", "mode") and acfg.num_experts == 1))
 
 
 def _linear_loras(by_path: dict, acfg) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Projection path -> linear_lora(...) of every adapter; raises if any is routed."""
-  out = {}
-  for path, arrays in by_path.items():
-    pair = linear_lora(acfg, arrays)
-    if pair is None:
-      raise ValueError(
-          f"adapter kind {acfg.kind!r} (num_experts={acfg.num_experts}, top_k={acfg.top_k}) "
-          "routes each token, so its delta is no fixed matrix: PEFT and merged weights need "
-          "LoRA (or one expert); use --format=torch")
-    out[path] = pair
-  return out
+  check_linear(acfg)
+  return {path: linear_lora(acfg, arrays) for path, arrays in by_path.items()}
+
+
+def check_linear(acfg: adapters_lib.AdapterConfig) -> None:
+  """Raises a ValueError naming the kind unless `is_linear(acfg)`."""
+  if not is_linear(acfg):
+    raise ValueError(
+        f"adapter kind {acfg.kind!r} (num_experts={acfg.num_experts}, top_k={acfg.top_k}) "
+        "routes each token, so its delta is no fixed matrix: PEFT and merged weights need "
+        "LoRA (or one expert); use --format=torch")
 
 
 def hf_config(cfg: config_lib.ModelConfig, vocab_size: int, source: dict | None = None) -> dict:
@@ -247,33 +255,43 @@ def write_merged(model: nnx.Module, acfg: adapters_lib.AdapterConfig | None, out
     with open(os.path.join(src, hf_layout.CONFIG)) as f:
       source_config = json.load(f)
   config = hf_config(cfg, vocab, source_config)
-  shards, current, size = [], {}, 0
-  for name, x in merged_tensors(model, acfg, vocab):
-    if current and size + x.nbytes > max_shard_bytes:
-      shards.append(current)
+  writer = jax.process_index() == 0
+  if writer:
+    os.makedirs(out_dir, exist_ok=True)
+  # Each shard is written as soon as it is full: the host holds one shard.
+  shards: list[list[str]] = []
+  current, size, total = {}, 0, 0
+  for name, x in itertools.chain(merged_tensors(model, acfg, vocab), [(None, None)]):
+    if current and (name is None or size + x.nbytes > max_shard_bytes):
+      if writer:
+        save_file(current, os.path.join(out_dir, f".shard{len(shards)}.tmp"),
+                  metadata={"format": "pt"})
+      shards.append(list(current))
       current, size = {}, 0
-    current[name] = x
-    size += x.nbytes
-  shards.append(current)
-  written = [hf_layout.CONFIG]
-  if jax.process_index() != 0:
-    return written
-  os.makedirs(out_dir, exist_ok=True)
-  _write_json(os.path.join(out_dir, hf_layout.CONFIG), config)
-  if len(shards) == 1:
-    fnames = ["model.safetensors"]
-  else:
-    fnames = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    index = {"metadata": {"total_size": sum(x.nbytes for s in shards for x in s.values())},
-             "weight_map": {n: f for f, s in zip(fnames, shards) for n in s}}
-    _write_json(os.path.join(out_dir, "model.safetensors.index.json"), index)
+    if name is not None:
+      current[name] = x
+      size += x.nbytes
+      total += x.nbytes
+  n = len(shards)
+  fnames = (["model.safetensors"] if n == 1 else
+            [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
+  written = [hf_layout.CONFIG] + fnames
+  if n > 1:
     written.append("model.safetensors.index.json")
-  for fname, shard in zip(fnames, shards):
-    save_file(shard, os.path.join(out_dir, fname), metadata={"format": "pt"})
-  written += fnames
-  for name, path in _tokenizer_files(base_checkpoint).items():
+  tokenizer = _tokenizer_files(base_checkpoint)
+  written += list(tokenizer)
+  if not writer:
+    return written
+  for i, fname in enumerate(fnames):
+    os.replace(os.path.join(out_dir, f".shard{i}.tmp"), os.path.join(out_dir, fname))
+  if n > 1:
+    _write_json(os.path.join(out_dir, "model.safetensors.index.json"),
+                {"metadata": {"total_size": total},
+                 "weight_map": {t: f for f, names in zip(fnames, shards) for t in names}})
+  for name, path in tokenizer.items():
     shutil.copy(path, os.path.join(out_dir, name))
-    written.append(name)
+  # config.json last: with *.safetensors it marks a loadable checkpoint (hf_layout.detect).
+  _write_json(os.path.join(out_dir, hf_layout.CONFIG), config)
   return written
 
 
