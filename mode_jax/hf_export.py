@@ -23,15 +23,16 @@ import dataclasses
 import itertools
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
+import safetensors.numpy
+from etils import epath
 from flax import nnx
-from safetensors.numpy import save_file
 
 from mode_jax import adapters as adapters_lib
 from mode_jax import checkpoints
+from mode_jax import files
 from mode_jax.layers import linear
 from mode_jax.models import config as config_lib
 from mode_jax.models import hf_layout
@@ -156,9 +157,14 @@ def hf_config(cfg: config_lib.ModelConfig, vocab_size: int, source: dict | None 
 
 
 def _write_json(path: str, obj: dict) -> None:
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
+  files.write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _save(tensors: dict[str, np.ndarray], path: str) -> None:
+  """One safetensors file, local or gs:// (the bytes of one file in host memory)."""
+  p = epath.Path(path)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  p.write_bytes(safetensors.numpy.save(tensors, metadata={"format": "pt"}))
 
 
 def write_peft(model: nnx.Module, acfg: adapters_lib.AdapterConfig, out_dir: str,
@@ -181,10 +187,9 @@ def write_peft(model: nnx.Module, acfg: adapters_lib.AdapterConfig, out_dir: str
       "use_dora": False, "inference_mode": True, "modules_to_save": None,
       "init_lora_weights": True, "layers_to_transform": None, "layers_pattern": None,
       "rank_pattern": {}, "alpha_pattern": {}}
-  os.makedirs(out_dir, exist_ok=True)
   if jax.process_index() == 0:
-    save_file(tensors, os.path.join(out_dir, PEFT_WEIGHTS), metadata={"format": "pt"})
-    _write_json(os.path.join(out_dir, PEFT_CONFIG), config)
+    _save(tensors, files.join(out_dir, PEFT_WEIGHTS))
+    _write_json(files.join(out_dir, PEFT_CONFIG), config)
   return [PEFT_CONFIG, PEFT_WEIGHTS]
 
 
@@ -256,16 +261,15 @@ def write_merged(model: nnx.Module, acfg: adapters_lib.AdapterConfig | None, out
       source_config = json.load(f)
   config = hf_config(cfg, vocab, source_config)
   writer = jax.process_index() == 0
-  if writer:
-    os.makedirs(out_dir, exist_ok=True)
   # Each shard is written as soon as it is full: the host holds one shard.
+  # HF finds shards through the index, whatever their names; a single file
+  # must be model.safetensors (renamed at the end).
   shards: list[list[str]] = []
   current, size, total = {}, 0, 0
   for name, x in itertools.chain(merged_tensors(model, acfg, vocab), [(None, None)]):
     if current and (name is None or size + x.nbytes > max_shard_bytes):
       if writer:
-        save_file(current, os.path.join(out_dir, f".shard{len(shards)}.tmp"),
-                  metadata={"format": "pt"})
+        _save(current, files.join(out_dir, f"model-{len(shards) + 1:05d}.safetensors"))
       shards.append(list(current))
       current, size = {}, 0
     if name is not None:
@@ -273,26 +277,23 @@ def write_merged(model: nnx.Module, acfg: adapters_lib.AdapterConfig | None, out
       size += x.nbytes
       total += x.nbytes
   n = len(shards)
-  fnames = (["model.safetensors"] if n == 1 else
-            [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
-  written = [hf_layout.CONFIG] + fnames
-  if n > 1:
-    written.append("model.safetensors.index.json")
-  tokenizer = _tokenizer_files(base_checkpoint)
-  written += list(tokenizer)
-  if not writer:
-    return written
-  for i, fname in enumerate(fnames):
-    os.replace(os.path.join(out_dir, f".shard{i}.tmp"), os.path.join(out_dir, fname))
-  if n > 1:
-    _write_json(os.path.join(out_dir, "model.safetensors.index.json"),
+  fnames = [f"model-{i + 1:05d}.safetensors" for i in range(n)]
+  if n == 1:
+    if writer:
+      epath.Path(files.join(out_dir, fnames[0])).rename(files.join(out_dir, "model.safetensors"))
+    fnames = ["model.safetensors"]
+  elif writer:
+    _write_json(files.join(out_dir, "model.safetensors.index.json"),
                 {"metadata": {"total_size": total},
                  "weight_map": {t: f for f, names in zip(fnames, shards) for t in names}})
-  for name, path in tokenizer.items():
-    shutil.copy(path, os.path.join(out_dir, name))
-  # config.json last: with *.safetensors it marks a loadable checkpoint (hf_layout.detect).
-  _write_json(os.path.join(out_dir, hf_layout.CONFIG), config)
-  return written
+  tokenizer = _tokenizer_files(base_checkpoint)
+  if writer:
+    for name, path in tokenizer.items():
+      epath.Path(files.join(out_dir, name)).write_bytes(epath.Path(path).read_bytes())
+    # config.json last: with *.safetensors it marks a loadable checkpoint (hf_layout.detect).
+    _write_json(files.join(out_dir, hf_layout.CONFIG), config)
+  return ([hf_layout.CONFIG] + fnames + ["model.safetensors.index.json"] * (n > 1)
+          + list(tokenizer))
 
 
 def write_torch(model: nnx.Module, acfg: adapters_lib.AdapterConfig, out_dir: str,
@@ -321,7 +322,6 @@ def write_torch(model: nnx.Module, acfg: adapters_lib.AdapterConfig, out_dir: st
                     else None),
           "modules": modules, "adapter_config": dataclasses.asdict(acfg), "step": step}
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
-    save_file(tensors, os.path.join(out_dir, spec.TENSORS), metadata={"format": "pt"})
-    _write_json(os.path.join(out_dir, spec.DESCRIPTION), desc)
+    _save(tensors, files.join(out_dir, spec.TENSORS))
+    _write_json(files.join(out_dir, spec.DESCRIPTION), desc)
   return [spec.DESCRIPTION, spec.TENSORS]
