@@ -24,7 +24,7 @@ import os
 import jax
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file
+from safetensors import safe_open
 
 from mode_jax import adapters as adapters_lib
 from mode_jax import checkpoints
@@ -34,6 +34,7 @@ from mode_jax import sharding
 from mode_jax import trainer
 from mode_jax.layers import linear
 from mode_jax.models import build
+from mode_jax.models import hf_layout
 from mode_jax.models import config as config_lib
 from mode_jax.models import pretrained
 
@@ -75,7 +76,8 @@ def read_peft(path: str, cfg: config_lib.ModelConfig
     raise ValueError(f"{cfile}: r={rank!r} and lora_alpha={alpha!r} must be a positive int "
                      "and a number")
   ours = {hf: path for path, hf in hf_export.hf_modules(cfg).items()}
-  tensors = load_file(wfile)
+  with safe_open(wfile, framework="np") as f:  # bfloat16 too (hf_layout's reader)
+    tensors = {name: hf_layout._read(f, wfile, name) for name in f.keys()}  # pylint: disable=protected-access
   arrays: dict[str, dict[str, np.ndarray]] = {}
   for name, x in tensors.items():
     module, _, kind = name.removeprefix(hf_export.PEFT_PREFIX).rpartition(".lora_")
@@ -94,7 +96,8 @@ def read_peft(path: str, cfg: config_lib.ModelConfig
     raise ValueError(f"{wfile}: targets {targets} are adapted in some layers only (no adapter "
                      f"for {gap[:3]}); mode_jax adapts the same matrices in every layer")
   for p, ab in arrays.items():
-    if set(ab) != {"lora_a", "lora_b"} or ab["lora_a"].shape[1] != rank:
+    if (set(ab) != {"lora_a", "lora_b"} or ab["lora_a"].shape[1] != rank
+        or ab["lora_b"].shape[0] != rank):
       raise ValueError(f"{wfile}: module {p!r} needs lora_A [{rank}, P] and lora_B [Q, {rank}]"
                        f", found {({k: v.shape for k, v in ab.items()})}")
   acfg = adapters_lib.AdapterConfig(kind="lora", rank=rank, alpha=float(alpha),
@@ -183,7 +186,11 @@ def from_pretrained(base: str, adapters: str, mesh: jax.sharding.Mesh | None = N
   def place(key_path, sds):
     keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path]
     proj, name = "/".join(keys[:keys.index("adapter")]), keys[-1]
-    return jax.device_put(arrays[proj][name].astype(sds.dtype), _at(shardings, key_path))
+    x = arrays[proj][name]
+    if x.shape != tuple(sds.shape):
+      raise ValueError(f"PEFT adapter {adapters!r}: {proj}/{name} has shape {x.shape}, the "
+                       f"model's {tuple(sds.shape)}")
+    return jax.device_put(x.astype(sds.dtype), _at(shardings, key_path))
 
   nnx.replace_by_pure_dict(astate, jax.tree_util.tree_map_with_path(
       place, nnx.to_pure_dict(astate)))

@@ -104,3 +104,21 @@ def test_unsupported_peft_fields_are_named(base, ours_exported, tmp_path):
   os.symlink(os.path.join(out, "adapter_model.safetensors"), bad / "adapter_model.safetensors")
   with pytest.raises(ValueError, match="use_rslora=True is not supported"):
     hf_import.from_pretrained(base, str(bad))
+
+
+def test_bfloat16_peft_weights_read_exactly(base, ours_exported, tmp_path):
+  from safetensors import torch as st  # pylint: disable=g-import-not-at-top
+  model, out = ours_exported
+  bf = tmp_path / "bf16"
+  os.makedirs(bf)
+  (bf / "adapter_config.json").write_text(open(os.path.join(out, "adapter_config.json")).read())
+  tensors = st.load_file(os.path.join(out, "adapter_model.safetensors"))
+  st.save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()},
+               str(bf / "adapter_model.safetensors"))
+  cfg = model.config
+  _, want = hf_import.read_peft(out, cfg)
+  _, got = hf_import.read_peft(str(bf), cfg)
+  for proj, ab in want.items():
+    for name, x in ab.items():
+      np.testing.assert_array_equal(
+          got[proj][name], torch.tensor(x).to(torch.bfloat16).float().numpy())
