@@ -5,7 +5,8 @@ operation: routers, selections and gates in float32, one dense contraction
 with the up-projection (no loop over experts, columns or tokens), the delta
 cast back to the input dtype. Balancing biases are read, never updated
 (inference). Top-k ties: torch.topk may keep either of two equal scores,
-where JAX keeps the lower index; with real-valued scores ties do not occur.
+where JAX keeps the lower index; exact ties of float scores are rare, but a
+near-tie within float rounding (~1e-7) may select differently from JAX.
 
 Legend: D input features (P), F output features (Q), R rank, E experts,
 G groups, p expert rank.
