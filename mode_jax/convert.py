@@ -2,6 +2,13 @@
 
     python -m mode_jax.convert SRC DST [--model gemma_2b] [--param_dtype bfloat16]
         [--data 1 --fsdp 1 --model_parallel 1]
+    python -m mode_jax.convert PEFT_DIR DST --base BASE
+
+The second form imports a PEFT LoRA (adapter_config.json +
+adapter_model.safetensors, e.g. from `python -m mode_jax.export
+--format=peft`) for the base BASE (any layout below): DST receives what
+`export --format=orbax` writes, `adapters/` and `manifest.json`, which
+`hf_import.load_adapters(model, DST)` reads back to evaluate or train on.
 
 SRC is a Hugging Face directory (config.json + *.safetensors) or the
 official Flax/Orbax release; the config is inferred from the files unless
@@ -17,7 +24,9 @@ from __future__ import annotations
 import argparse
 
 from mode_jax import checkpoints
+from mode_jax import export
 from mode_jax import files
+from mode_jax import hf_import
 from mode_jax import sharding
 from mode_jax.models import pretrained
 
@@ -46,11 +55,23 @@ def convert(src: str, dst: str, model: str | None = None, param_dtype: str | Non
   return dst
 
 
+def convert_peft(src: str, dst: str, base: str, model: str | None = None, mesh=None) -> str:
+  """Writes the PEFT LoRA of `src`, for base checkpoint `base`, as a mode_jax export."""
+  if mesh is None:
+    mesh = sharding.make_mesh()
+  m = hf_import.from_pretrained(base, src, mesh, model=model)
+  export.write(m, m.adapter_config, dst, "orbax", base_checkpoint=base,
+               source=f"peft:{os.path.abspath(src)}")
+  return dst
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("src", help="Hugging Face or official Flax/Orbax checkpoint directory")
-  ap.add_argument("dst", help="output mode_jax base checkpoint directory")
+  ap.add_argument("src", help="Hugging Face or official Flax/Orbax checkpoint directory, "
+                  "or a PEFT LoRA directory (with --base)")
+  ap.add_argument("dst", help="output mode_jax base checkpoint (or adapter export) directory")
+  ap.add_argument("--base", default=None, help="the base checkpoint of a PEFT LoRA SRC")
   ap.add_argument("--model", default=None, help="registered config name (default: inferred)")
   ap.add_argument("--param_dtype", default=None, choices=("float32", "bfloat16"))
   ap.add_argument("--data", type=int, default=-1)
@@ -58,6 +79,12 @@ def main(argv=None):
   ap.add_argument("--model_parallel", type=int, default=1)
   args = ap.parse_args(argv)
   mesh = sharding.make_mesh(args.data, args.fsdp, args.model_parallel)
+  if hf_import.is_peft(args.src):
+    if not args.base:
+      raise SystemExit(f"{args.src!r} is a PEFT adapter: name its base checkpoint with --base")
+    convert_peft(args.src, args.dst, args.base, args.model, mesh)
+    print(f"wrote {args.dst}: LoRA adapters of {args.src} for base {args.base}")
+    return
   convert(args.src, args.dst, args.model, args.param_dtype, mesh)
   cfg = checkpoints.read_base_config(args.dst)
   print(f"wrote {args.dst}: {cfg.name}, {cfg.num_layers} layers, D={cfg.embed_dim}, "
