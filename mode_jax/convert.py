@@ -61,7 +61,7 @@ def convert_peft(src: str, dst: str, base: str, model: str | None = None, mesh=N
     mesh = sharding.make_mesh()
   m = hf_import.from_pretrained(base, src, mesh, model=model)
   export.write(m, m.adapter_config, dst, "orbax", base_checkpoint=base,
-               source=f"peft:{os.path.abspath(src)}")
+               source=f"peft:{files.absolute(src)}")
   return dst
 
 
