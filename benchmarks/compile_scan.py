@@ -73,7 +73,7 @@ def main(argv=None):
   rows = {}
   print("| model | layers | remat | lower s | compile s | lowered KiB |\n|---|---|---|---|---|---|")
   for remat in args.remat:
-    for scan in (False, True):
+    for scan in (True, False):
       for name in args.models:
         r = measure(name, scan, remat, args.batch, args.length)
         rows[name, scan, remat] = r

@@ -98,9 +98,27 @@ def selection_stats(mask_tr: jax.Array) -> dict[str, jax.Array]:
 
 
 def sow(module: nnx.Module, entry: dict[str, Any]) -> None:
-  """Stores `entry` (float32) as `module.routing`, replacing an earlier call's."""
-  module.sow(RoutingStats, "routing", {k: jnp.asarray(v, jnp.float32) for k, v in entry.items()},
-             reduce_fn=lambda _, new: new, init_fn=lambda: None)
+  """Stores `entry` (float32) as `module.routing`, replacing an earlier call's.
+
+  What `nnx.Module.sow` does, except that each call sets a fresh variable
+  instead of appending to the old one: a module merged in one trace and
+  called again inside a nested one (the body of a decode loop) must not
+  mutate a variable of the outer trace.
+  """
+  module.routing = RoutingStats({k: jnp.asarray(v, jnp.float32) for k, v in entry.items()})
+
+
+def put(module: nnx.Module, stats: nnx.State) -> None:
+  """Sets popped statistics (`nnx.pop(..., RoutingStats)`) back on `module`'s submodules.
+
+  Fresh variables, like `sow`; raises flax's TraceContextError when `module`
+  belongs to an outer trace.
+  """
+  for path, var in stats.flat_state():
+    sub = module
+    for k in path[:-1]:
+      sub = sub[k] if isinstance(k, int) else getattr(sub, k)
+    setattr(sub, path[-1], RoutingStats(var.get_value()))
 
 
 def from_state(state: nnx.State) -> dict[str, dict]:

@@ -34,23 +34,13 @@ def stack_variables(states: Sequence[Any]) -> Any:
   The `logical_axes` metadata gains a leading "layers".
   """
 
-  def one(*vs):
-    axes = vs[0].get_metadata().get("logical_axes")
-    meta = {} if axes is None else {"logical_axes": (LAYER_AXIS,) + tuple(axes)}
-    return vs[0].replace(jnp.stack([v.get_value() for v in vs]), **meta)
-
-  return jax.tree.map(one, *states, is_leaf=_is_var)
+  return jax.tree.map(lambda *vs: _stack_var(vs), *states, is_leaf=_is_var)
 
 
 def unstack_variables(state: Any, num_layers: int) -> list[Any]:
   """The inverse of `stack_variables`: one pytree per layer."""
 
-  def one(i, v):
-    axes = v.get_metadata().get("logical_axes")
-    meta = {} if axes is None else {"logical_axes": tuple(axes)[1:]}
-    return v.replace(v.get_value()[i], **meta)
-
-  return [jax.tree.map(lambda v, i=i: one(i, v), state, is_leaf=_is_var)
+  return [jax.tree.map(lambda v, i=i: _unstack_var(v, i), state, is_leaf=_is_var)
           for i in range(num_layers)]
 
 
@@ -66,20 +56,41 @@ def layout_of(tree: Any) -> str | None:
   return LOOPED if all(str(k).isdigit() for k in layers.keys()) else SCANNED
 
 
+def _stack_var(vs):
+  axes = vs[0].get_metadata().get("logical_axes")
+  meta = {} if axes is None else {"logical_axes": (LAYER_AXIS,) + tuple(axes)}
+  return vs[0].replace(jnp.stack([v.get_value() for v in vs]), **meta)
+
+
+def _unstack_var(v, i):
+  axes = v.get_metadata().get("logical_axes")
+  meta = {} if axes is None else {"logical_axes": tuple(axes)[1:]}
+  return v.replace(v.get_value()[i], **meta)
+
+
 def stack(state: nnx.State) -> nnx.State:
   """A looped model state (any filter of it) in the scanned layout."""
-  layers = state[LAYER_AXIS]
-  n = len(layers)
-  out = dict(state.items())
-  out[LAYER_AXIS] = stack_variables([layers[i] for i in range(n)])
-  return nnx.State(out)
+  flat = list(state.flat_state())
+  out = [(p, v) for p, v in flat if p[0] != LAYER_AXIS]
+  per_layer: dict[int, dict] = {}
+  for p, v in flat:
+    if p[0] == LAYER_AXIS:
+      per_layer.setdefault(int(p[1]), {})[p[2:]] = v
+  layers = [per_layer[i] for i in sorted(per_layer)]
+  out += [((LAYER_AXIS,) + rest, _stack_var([layer[rest] for layer in layers]))
+          for rest in layers[0]] if layers else []
+  return nnx.State.from_flat_path(out)
 
 
 def unstack(state: nnx.State, num_layers: int) -> nnx.State:
   """A scanned model state (any filter of it) in the looped layout."""
-  out = dict(state.items())
-  out[LAYER_AXIS] = nnx.State(dict(enumerate(unstack_variables(state[LAYER_AXIS], num_layers))))
-  return nnx.State(out)
+  out = []
+  for p, v in state.flat_state():
+    if p[0] != LAYER_AXIS:
+      out.append((p, v))
+    else:
+      out += [((LAYER_AXIS, i) + p[1:], _unstack_var(v, i)) for i in range(num_layers)]
+  return nnx.State.from_flat_path(out)
 
 
 def looped_state(state: nnx.State, num_layers: int) -> nnx.State:

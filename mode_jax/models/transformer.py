@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import errors as flax_errors
 from flax import nnx
 
 from mode_jax import adapters as adapters_lib
@@ -106,6 +107,19 @@ def _block_fn(graphdef, remat_policy: str):
   return jax.checkpoint(fn, policy=REMAT[remat_policy])
 
 
+def _put_stats(module: nnx.Module, stats: nnx.State) -> None:
+  """Puts a block's popped statistics back on `module` (for `routing.pop`).
+
+  Inside a trace nested in the module's own (the body of a decode loop
+  around a model merged outside it) they are dropped: the outer module
+  cannot hold this trace's values, and nothing outside could read them.
+  """
+  try:
+    routing.put(module, stats)
+  except flax_errors.TraceContextError:
+    pass
+
+
 class Transformer(nnx.Module):
   """Decoder with tied embeddings: `embedder`, `layers`, `final_norm`.
 
@@ -151,7 +165,7 @@ class Transformer(nnx.Module):
         fn = _block_fn(graphdef, cfg.remat_policy)
         cache = None if caches is None else caches[i]
         x_bld, cache, stats = fn(state, x_bld, positions_bl, mask_bls, cache, cache_index, None)
-        nnx.update(layer, stats)
+        _put_stats(layer, stats)
         new_caches.append(cache)
       return x_bld, (None if caches is None else new_caches)
     graphdef, state = nnx.split(self.layers)
@@ -163,7 +177,7 @@ class Transformer(nnx.Module):
       return x, (cache, stats)
 
     x_bld, (caches, stats) = jax.lax.scan(body, x_bld, (state, caches, self._windows()))
-    nnx.update(self.layers, stats)
+    _put_stats(self.layers, stats)
     return x_bld, caches
 
   def _logits(self, x_bld):
