@@ -167,7 +167,7 @@ def aux_loss(stats: dict) -> jax.Array:
 def summarize(stats: dict) -> dict:
   """Scalar logging view: per adapted matrix entropy, max/min expert load and
   balancing loss; their means; and `aux_loss`, the weighted sum that the
-  train step adds to the loss (only when some adapter records one)."""
+  train step adds to the loss (only when some adapter sows one)."""
   out = {}
   for name, s in by_matrix(stats).items():
     if "entropy" in s:
