@@ -5,7 +5,9 @@ Two kinds of checkpoint:
   dict of arrays keyed by the model's own parameter paths) plus
   `mode_jax_base.json` (the ModelConfig and where the weights came from);
 - a *run* checkpoint (see `RunCheckpointer`): adapters, optimizer state, step,
-  data position and the operative gin config, never the frozen base.
+  data position and the operative gin config, never the frozen base; its
+  config item also names the layer layout it holds ("looped" or "scanned",
+  `models.stacking`), and restoring into the other layout fails clearly.
 
 Loading order, written down once: resume from the run directory; else a
 base checkpoint plus fresh adapters; else (tests and the tiny default only)
@@ -27,7 +29,9 @@ from mode_jax import adapters as adapters_lib
 from mode_jax import checkpoint_healing as healing
 from mode_jax import files
 from mode_jax import sharding
+from mode_jax.models import build
 from mode_jax.models import config as config_lib
+from mode_jax.models import stacking
 
 BASE_METADATA = "mode_jax_base.json"
 BASE_STATE = "params"
@@ -44,12 +48,15 @@ def is_base_checkpoint(path: str) -> bool:
 def save_base(path: str, model: nnx.Module, source: str = "") -> None:
   """Writes the model's frozen base parameters and its config (atomically)."""
   path = files.absolute(path)
-  params = _pure(nnx.state(model, adapters_lib.FROZEN_BASE))
+  # Always the looped layout, so the checkpoint loads into either layout.
+  params = _pure(stacking.looped_state(nnx.state(model, adapters_lib.FROZEN_BASE),
+                                       model.config.num_layers))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(files.join(path, BASE_STATE), params, force=True)
   # The metadata is written last: its presence marks a complete checkpoint.
   files.write_json(files.join(path, BASE_METADATA),
-                   {"config": dataclasses.asdict(model.config), "source": source})
+                   {"config": dataclasses.asdict(model.config.replace(scan_layers=False)),
+                    "source": source})
 
 
 def read_base_config(path: str) -> config_lib.ModelConfig:
@@ -60,6 +67,7 @@ def read_base_config(path: str) -> config_lib.ModelConfig:
         f"{path!r} is not a mode_jax base checkpoint: {BASE_METADATA} not found")
   cfg = json.loads(files.read_text(meta_path))["config"]
   cfg["attention_types"] = tuple(cfg.get("attention_types", ("global",)))
+  cfg["scan_layers"] = False  # base checkpoints hold looped layers
   return config_lib.ModelConfig(**cfg)
 
 
@@ -105,9 +113,12 @@ def restore_base(path: str, model: nnx.Module, mesh: jax.sharding.Mesh | None = 
   state_dir = files.join(path, BASE_STATE)
   if not files.exists(state_dir):
     raise FileNotFoundError(f"base checkpoint {path!r} not found (no {BASE_STATE}/ inside)")
-  base_state = nnx.state(model, adapters_lib.FROZEN_BASE)
   if mesh is None:
     mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
+  if getattr(model.config, "scan_layers", False):  # stored looped: load, then stack
+    build.load_base(model, lambda m: restore_base(path, m, mesh, rules), mesh, rules)
+    return
+  base_state = nnx.state(model, adapters_lib.FROZEN_BASE)
   shardings = sharding.state_shardings(base_state, mesh, rules)
   target = jax.tree.map(
       lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
@@ -216,13 +227,26 @@ class RunCheckpointer:
             adapters=ocp.args.StandardSave(adapters),
             opt_state=ocp.args.StandardSave(state["opt_state"]),
             data=DataSave(data),
-            config=ocp.args.JsonSave({"gin": config})), force=force)
+            config=ocp.args.JsonSave({"gin": config,
+                                      "layers": stacking.layout_of(state["params"])})),
+        force=force)
 
   def _step(self, step):
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {self.directory!r}")
     return step
+
+  def _check_layout(self, step: int, abstract: dict) -> None:
+    """Raises a ValueError when the checkpoint's layer layout is not the target's."""
+    out = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    stored = out.config.get("layers") or stacking.LOOPED  # older checkpoints: looped
+    want = stacking.layout_of(abstract.get("params", {}))
+    if want is not None and stored != want:
+      raise ValueError(
+          f"run checkpoint {self.directory!r} step {step} holds {stored} layers but the model "
+          f"has {want} layers: set ModelConfig.scan_layers={stored == stacking.SCANNED} to "
+          "resume or evaluate it")
 
   @healing.heals(move_aside=True)
   def restore(self, abstract_state: dict, data: Any,
@@ -233,6 +257,7 @@ class RunCheckpointer:
     `state()` is returned.
     """
     step = self._step(step)
+    self._check_layout(step, abstract_state)
     adapters = {k: v for k, v in abstract_state.items() if k != "opt_state"}
     out = self.manager.restore(step, args=ocp.args.Composite(
         adapters=ocp.args.StandardRestore(adapters),
@@ -245,6 +270,7 @@ class RunCheckpointer:
   def restore_adapters(self, abstract_adapters: dict, step: int | None = None) -> dict:
     """Restores {"step", "params", "adapter_state"} only (evaluation, export)."""
     step = self._step(step)
+    self._check_layout(step, abstract_adapters)
     out = self.manager.restore(step, args=ocp.args.Composite(
         adapters=ocp.args.StandardRestore(abstract_adapters)))
     return dict(out.adapters)

@@ -6,7 +6,7 @@ This module alone maps logical names onto mesh axes, so data-parallel, FSDP
 and tensor-parallel layouts differ only in the rules.
 
 Logical names: batch, length, embed, heads, kv_heads, kv (head dim), mlp,
-vocab, expert, rank, groups, cache_length.
+vocab, expert, rank, groups, cache_length, layers.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("expert", None),
     ("rank", None),
     ("groups", None),
+    # The stacked axis of scanned layers (ModelConfig.scan_layers): each scan
+    # step reads one layer, so sharding it would gather every step.
+    ("layers", None),
 )
 
 _CONTEXT: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.ContextVar(

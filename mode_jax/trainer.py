@@ -66,8 +66,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
   whose loss or gradient is not finite leaves the state unchanged and
   reports `finite = False`.
 
-  Adapters may record a load-balancing loss through `routing.collect`
-  ("aux_loss" with its "aux_weight", e.g. MoDE top-k): the optimised loss is
+  Adapters may sow a load-balancing loss (`routing.sow`: "aux_loss" with
+  its "aux_weight", e.g. MoDE top-k), popped after the forward pass: the optimised loss is
   cross-entropy + sum of aux_weight * aux_loss (each micro-batch adds 1/A of
   its own). `loss` reports the cross-entropy alone and `aux_loss` the
   weighted term (0 when none is recorded). Balancing biases (FlyLoRA, SMoRA)
@@ -81,9 +81,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
 
   def loss_fn(params, adapter_state, frozen, mb, total_tokens):
     model = nnx.merge(graphdef, params, adapter_state, frozen)
-    with routing.collect() as stats:
-      hidden = model(mb["decoder_input_tokens"], **model_inputs(mb, prefix_lm),
-                     return_hidden=True)
+    hidden = model(mb["decoder_input_tokens"], **model_inputs(mb, prefix_lm),
+                   return_hidden=True)
+    stats = routing.pop(model)  # what the adapters sowed: {module path: entry}
     mean, ntok = losses.chunked_cross_entropy(hidden, model.project, mb["decoder_target_tokens"],
                                               mb["decoder_loss_weights"], loss_chunk)
     ce = mean * ntok / total_tokens

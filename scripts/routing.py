@@ -5,8 +5,9 @@
       --max_examples 4 --out /tmp/routing
 
 Runs the run's model (base + restored adapters, settings from point.json) on
-each task's evaluation prompts, unpadded, one at a time (jitted), inside
-`mode_jax.adapters.routing.collect()`, and averages per task the gate load
+each task's evaluation prompts, unpadded, one at a time (jitted), pops the
+statistics the adapters sow (`mode_jax.adapters.routing.pop`, per matrix
+and layer with `routing.by_matrix`), and averages per task the gate load
 (mean softmax weight per expert over tokens and groups) and router entropy
 of every adapted matrix. For rank top-k kinds (flylora, smora), the load is
 the share of selections per rank column (their recorded `counts`).
@@ -47,8 +48,9 @@ def make_forward(model):
 
   @jax.jit
   def forward(state, tokens):
-    with routing.collect() as stats:
-      nnx.merge(graphdef, state)(tokens)
+    model = nnx.merge(graphdef, state)
+    model(tokens)
+    stats = routing.by_matrix(routing.pop(model))  # per matrix and layer, either layout
     return {n: {k: v for k, v in s.items() if k in ("load", "entropy", "counts")}
             for n, s in stats.items()}
 

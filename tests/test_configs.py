@@ -41,8 +41,13 @@ def test_every_experiment_file_says_how_to_run_it(path):
   assert "python -m mode_jax" in text or "python scripts/" in text, path
 
 
-@pytest.mark.parametrize("kind", ["lora", "molora", "molora_sd", "mode"])
+@pytest.mark.parametrize("kind", adapters.registry.names())
 def test_adapter_files_bind_the_kind(kind):
+  """Every registered kind has configs/adapters/<kind>.gin, which binds it and
+  defines exactly the macros its registry entry declares."""
+  path = os.path.join(CONFIGS, "adapters", f"{kind}.gin")
+  macros = set(re.findall(r"^([A-Z][A-Z0-9_]*)\s*=", open(path).read(), re.M)) - {"ADAPTER"}
+  assert macros == set(adapters.registry.get(kind).gin_macros), path
   launch.parse_gin(["models/tiny.gin", f"adapters/{kind}.gin", "runs/finetune.gin"],
                    ["MODEL_DIR = 'x'", "SNI_DIR = 'y'", "RANK = 8", "TRAIN_STEPS = 1",
                     "BATCH_SIZE = 1", "INPUT_LENGTH = 8",
@@ -70,3 +75,13 @@ def test_paper_configs_name_their_topology_and_split_over_it(name):
                             else "train.eval_batch_size")
   assert eval_batch % chips == 0
   assert experiment.model_config(launch.query("train.model")).param_dtype == "bfloat16"
+
+
+def test_scan_and_remat_are_set_from_gin():
+  launch.parse_gin(["models/gemma_2b.gin", "adapters/mode.gin", "runs/finetune.gin"],
+                   ["MODEL_DIR = 'x'", "SNI_DIR = 'y'", "TRAIN_STEPS = 1", "BATCH_SIZE = 1",
+                    "INPUT_LENGTH = 8", "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 4}",
+                    "models.ModelConfig.scan_layers = True",
+                    "models.ModelConfig.remat_policy = 'save_dots'"])
+  cfg = experiment.model_config(launch.query("train.model"))
+  assert cfg.scan_layers and cfg.remat_policy == "save_dots"

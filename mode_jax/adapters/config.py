@@ -1,16 +1,18 @@
-"""AdapterConfig: which adapter, with which shapes, on which matrices."""
+"""AdapterConfig: which adapter, with which shapes, on which matrices.
+
+Checks common to every kind live here; which optional fields a kind takes,
+its defaults and its own checks come from its `registry.Kind`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
-KINDS = ("lora", "molora", "molora_sd", "mode", "flylora", "smora")
+from mode_jax.adapters import registry
+
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
-# Kinds with one top-k over the R rank columns and a balancing bias.
-RANK_TOPK_KINDS = ("flylora", "smora")
 # Published defaults (METHODS.md, "Two later rank-wise mixtures").
 DEFAULT_TOP_K = 8
-DEFAULT_BIAS_RATE = {"flylora": 1e-3, "smora": 1e-5}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,7 +20,7 @@ class AdapterConfig:
   """Chooses the adapter kind, its shapes and the adapted matrices.
 
   Attributes:
-    kind: one of KINDS.
+    kind: a registered kind (`registry.names()`).
     rank: R, number of rank-one components.
     num_experts: E (m in the paper); 1 for LoRA, FlyLoRA and SMoRA.
     expert_rank: p, rank columns per routed group in MoDE (p divides R);
@@ -57,24 +59,28 @@ class AdapterConfig:
   aux_loss_weight: float = 0.0
 
   def __post_init__(self):
-    if self.kind not in KINDS:
-      raise ValueError(f"AdapterConfig.kind={self.kind!r}; allowed: {KINDS}")
+    kind = registry.get(self.kind)
     if not isinstance(self.rank, int) or self.rank < 1:
       raise ValueError(f"AdapterConfig.rank must be a positive int, got {self.rank!r}")
-    if not isinstance(self.num_experts, int) or self.num_experts < 1:
-      raise ValueError(
-          f"AdapterConfig.num_experts must be a positive int, got {self.num_experts!r}")
-    if self.kind in ("lora",) + RANK_TOPK_KINDS and self.num_experts != 1:
-      raise ValueError(f"AdapterConfig.num_experts must be 1 for kind={self.kind!r} "
-                       f"(it has no experts), got {self.num_experts}")
-    if self.kind == "mode":
-      p = self.expert_rank
-      if not isinstance(p, int) or p < 1 or self.rank % p:
-        raise ValueError(
-            f"AdapterConfig.expert_rank={p!r} must be a positive divisor of rank={self.rank}")
-    elif self.expert_rank != 1:
-      raise ValueError(f"AdapterConfig.expert_rank={self.expert_rank!r} applies to kind='mode' "
-                       f"only; leave it at 1 for kind={self.kind!r}")
+    for f in ("num_experts", "expert_rank"):
+      v = getattr(self, f)
+      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"AdapterConfig.{f} must be a positive int, got {v!r}")
+    k = self.top_k
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+      raise ValueError(f"AdapterConfig.top_k must be a positive int or None, got {k!r}")
+    if self.bias_rate is not None and not self.bias_rate >= 0:
+      raise ValueError(f"AdapterConfig.bias_rate must be >= 0, got {self.bias_rate!r}")
+    if self.density is not None and not 0 < self.density <= 1:
+      raise ValueError(f"AdapterConfig.density must be in (0, 1] or None, got {self.density!r}")
+    if not self.aux_loss_weight >= 0:
+      raise ValueError(f"AdapterConfig.aux_loss_weight must be >= 0, got "
+                       f"{self.aux_loss_weight!r}")
+    for f, neutral in registry.OPTIONS.items():
+      if f not in kind.options and getattr(self, f) != neutral:
+        raise ValueError(f"AdapterConfig.{f}={getattr(self, f)!r} applies to kinds "
+                         f"{registry.taking(f)}; leave it at {neutral!r} for "
+                         f"kind={self.kind!r}")
     targets = tuple(self.targets)
     object.__setattr__(self, "targets", targets)
     bad = [t for t in targets if t not in TARGETS]
@@ -86,66 +92,26 @@ class AdapterConfig:
         raise ValueError(f"AdapterConfig.{f} must be >= 0, got {getattr(self, f)}")
     if self.alpha is not None and not self.alpha > 0:
       raise ValueError(f"AdapterConfig.alpha must be > 0 or None, got {self.alpha!r}")
-    self._check_routing()
-
-  def _check_routing(self):
-    """Validates (and resolves the defaults of) top_k, bias_rate, density, aux_loss_weight."""
-    k = self.top_k
-    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
-      raise ValueError(f"AdapterConfig.top_k must be a positive int or None, got {k!r}")
-    if self.kind in RANK_TOPK_KINDS:
-      if k is None:
-        k = min(DEFAULT_TOP_K, self.rank)
-        object.__setattr__(self, "top_k", k)
-      if k > self.rank:
-        raise ValueError(f"AdapterConfig.top_k={k} must be <= rank={self.rank} "
-                         f"for kind={self.kind!r}")
-    elif self.kind == "mode":
-      if k is not None and k > self.num_experts:
-        raise ValueError(f"AdapterConfig.top_k={k} must be <= num_experts="
-                         f"{self.num_experts} for kind='mode' (None = dense)")
-    elif k is not None:
-      raise ValueError(f"AdapterConfig.top_k applies to kinds {('mode',) + RANK_TOPK_KINDS}; "
-                       f"leave it None for kind={self.kind!r}")
-
-    if self.kind in RANK_TOPK_KINDS:
-      if self.bias_rate is None:
-        object.__setattr__(self, "bias_rate", DEFAULT_BIAS_RATE[self.kind])
-      elif not self.bias_rate >= 0:
-        raise ValueError(f"AdapterConfig.bias_rate must be >= 0, got {self.bias_rate!r}")
-    elif self.bias_rate is not None:
-      raise ValueError(f"AdapterConfig.bias_rate applies to kinds {RANK_TOPK_KINDS}; "
-                       f"leave it None for kind={self.kind!r}")
-
-    if self.kind == "flylora":
-      if self.density is not None and not 0 < self.density <= 1:
-        raise ValueError(f"AdapterConfig.density must be in (0, 1] or None, "
-                         f"got {self.density!r}")
-    elif self.density is not None:
-      raise ValueError(f"AdapterConfig.density applies to kind='flylora' only; "
-                       f"leave it None for kind={self.kind!r}")
-
-    w = self.aux_loss_weight
-    if not w >= 0:
-      raise ValueError(f"AdapterConfig.aux_loss_weight must be >= 0, got {w!r}")
-    if w > 0 and not (self.kind == "mode" and self.sparse_experts):
-      raise ValueError("AdapterConfig.aux_loss_weight > 0 needs kind='mode' with top_k < "
-                       f"num_experts (got kind={self.kind!r}, top_k={self.top_k!r}, "
-                       f"num_experts={self.num_experts})")
+    if kind.validate is not None:
+      for f, v in (kind.validate(self) or {}).items():
+        object.__setattr__(self, f, v)
 
   @property
   def scale(self) -> float:
     """s = alpha / R (alpha / top_k for SMoRA)."""
-    denom = self.top_k if self.kind == "smora" else self.rank
+    denom = self.top_k if registry.get(self.kind).scale_by_top_k else self.rank
     return (denom if self.alpha is None else self.alpha) / denom
 
   @property
   def num_groups(self) -> int:
-    """G = R / p for MoDE (1 for the other kinds)."""
-    return self.rank // self.expert_rank if self.kind == "mode" else 1
+    """G = R / p for kinds with an expert rank (MoDE); 1 for the others."""
+    if "expert_rank" in registry.get(self.kind).options:
+      return self.rank // self.expert_rank
+    return 1
 
   @property
   def sparse_experts(self) -> bool:
     """MoDE keeps top_k < E experts per group (False: today's dense MoDE)."""
-    return self.kind == "mode" and self.top_k is not None and self.top_k < self.num_experts
+    return (self.num_experts > 1 and self.top_k is not None
+            and self.top_k < self.num_experts)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mode_jax.adapters import config as config_lib
+from mode_jax.adapters import registry
 
 
 def per_matrix(cfg: config_lib.AdapterConfig, p: int, q: int) -> dict[str, int]:
@@ -17,24 +18,10 @@ def per_matrix(cfg: config_lib.AdapterConfig, p: int, q: int) -> dict[str, int]:
   "frozen" counts adapter weights that are stored but never trained:
   FlyLoRA's random `lora_a`, P * R elements stored dense (of which
   round(rho * P) * R are non-zero). Balancing biases (R) and FlyLoRA's seed
-  are non-trained state, not weights, and are counted in neither.
+  are non-trained state, not weights, and are counted in neither. Each
+  kind's `registry.Kind.count` gives the formula.
   """
-  r, e = cfg.rank, cfg.num_experts
-  if cfg.kind == "flylora":
-    return {"trainable": r * q, "frozen": p * r}
-  if cfg.kind == "smora":
-    return {"trainable": r * p + r * q + p * r, "frozen": 0}
-  if cfg.kind == "lora":
-    trainable = r * (p + q)
-  elif cfg.kind == "molora":
-    trainable = e * r * (p + q) + e * p
-  elif cfg.kind == "molora_sd":
-    trainable = r * p + e * r * q + e * p
-  elif cfg.kind == "mode":
-    trainable = r * p + e * r * q + cfg.num_groups * e * p
-  else:
-    raise ValueError(f"no parameter count for adapter kind {cfg.kind!r}")
-  return {"trainable": trainable, "frozen": 0}
+  return registry.get(cfg.kind).count(cfg, p, q)
 
 
 def count_params(model_config: Any, adapter_config: config_lib.AdapterConfig) -> dict[str, Any]:

@@ -11,7 +11,7 @@ key it was drawn from (`seed`, raw uint32 key data) and `bias` are
 `AdapterState`: saved with the adapter, never given a gradient. `bias` is
 read, never written, by the forward pass; `balancing.update` applies
 d_i += u * sign(mean(c) - c_i) after each training step from the per-column
-selection counts c recorded here (all tokens of the call are counted).
+selection counts c sown here (all tokens of the call are counted).
 
 The masked product (h * mask) @ lora_b is a dense [T,R] @ [R,Q] matmul: at
 R = 32 a gather of the k selected rows of lora_b per token would move k*Q
@@ -29,6 +29,7 @@ from flax import nnx
 from mode_jax.adapters import balancing
 from mode_jax.adapters import config as config_lib
 from mode_jax.adapters import lora
+from mode_jax.adapters import registry
 from mode_jax.adapters import routing
 from mode_jax.adapters import variables
 
@@ -58,10 +59,9 @@ class FlyLoRA(nnx.Module):
   """Frozen `lora_a [P,R]` (state), trained `lora_b [R,Q]`, `bias [R]` (state)."""
 
   def __init__(self, cfg: config_lib.AdapterConfig, in_features: int,
-               out_features: int, rngs: nnx.Rngs, *, in_axis=None, out_axis=None,
-               name: str = ""):
+               out_features: int, rngs: nnx.Rngs, *, in_axis=None, out_axis=None):
     r = cfg.rank
-    balancing.init_selection(self, cfg, name)
+    balancing.init_selection(self, cfg)
     key = rngs.params()
     key_data = (jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
                 else key)
@@ -79,7 +79,20 @@ class FlyLoRA(nnx.Module):
     h_tr = jnp.einsum("...d,dr->...r", x_td.astype(jnp.float32), a_dr)
     d_r = jax.lax.stop_gradient(self.bias[...].astype(jnp.float32))
     mask_tr = routing.topk_mask(h_tr + d_r, self.top_k)
-    routing.record_selection(self.name, mask_tr, self.bias_rate)
+    routing.sow(self, routing.selection_stats(mask_tr))
     b_rf = self.lora_b[...].astype(x_td.dtype)
     dy_tf = jnp.einsum("...r,rf->...f", (h_tr * mask_tr).astype(x_td.dtype), b_rf)
     return (self.scale * dy_tf).astype(x_td.dtype)
+
+
+def count(cfg: config_lib.AdapterConfig, p: int, q: int) -> dict[str, int]:
+  """lora_b trains; the random lora_a is stored dense (P * R), never trained."""
+  return {"trainable": cfg.rank * q, "frozen": p * cfg.rank}
+
+
+registry.register(registry.Kind(
+    name="flylora", display="FlyLoRA", build=FlyLoRA, count=count,
+    gin_macros=("RANK", "TOP_K", "ALPHA", "DENSITY", "BIAS_RATE", "TARGETS"),
+    options={"top_k", "bias_rate", "density"}, balancing=True,
+    validate=lambda cfg: balancing.validate_selection(cfg, default_bias_rate=1e-3),
+    examples=({"rank": 8, "top_k": 3},)))

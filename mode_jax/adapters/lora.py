@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mode_jax.adapters import config as config_lib
+from mode_jax.adapters import registry
 from mode_jax.adapters import variables
 
 
@@ -24,10 +25,8 @@ class LoRA(nnx.Module):
   """Low-rank adapter with `lora_a [P,R]` and `lora_b [R,Q]`."""
 
   def __init__(self, cfg: config_lib.AdapterConfig, in_features: int,
-               out_features: int, rngs: nnx.Rngs, *, in_axis=None, out_axis=None,
-               name: str = ""):
+               out_features: int, rngs: nnx.Rngs, *, in_axis=None, out_axis=None):
     self.scale = cfg.scale
-    self.name = name
     self.lora_a = variables.AdapterParam(
         init_normal(rngs, (in_features, cfg.rank), cfg.a_init_scale),
         logical_axes=(in_axis, "rank"))
@@ -40,3 +39,12 @@ class LoRA(nnx.Module):
     b_rf = self.lora_b[...].astype(x_td.dtype)
     h_tr = jnp.einsum("...d,dr->...r", x_td, a_dr)
     return (self.scale * jnp.einsum("...r,rf->...f", h_tr, b_rf)).astype(x_td.dtype)
+
+
+def count(cfg: config_lib.AdapterConfig, p: int, q: int) -> dict[str, int]:
+  return {"trainable": cfg.rank * (p + q), "frozen": 0}
+
+
+registry.register(registry.Kind(
+    name="lora", display="LoRA", build=LoRA, count=count, gin_macros=("RANK", "TARGETS"),
+    examples=({"rank": 4},)))

@@ -20,7 +20,7 @@ runs in the time of dense MoDE, 2.5-7x faster than gathering the k*R
 selected rows of lora_b per token (a [T, k*R, Q] tensor, 2 GiB at T = 4096,
 Q = 16384; benchmarks/adapter_layer.py), so top-k saves no time here. With aux_loss_weight
 > 0 the Switch-style balancing loss E * sum_e f_e P_e (mean over groups) is
-recorded for the train step to add. top_k None or = E is dense MoDE, by
+sown for the train step to add. top_k None or = E is dense MoDE, by
 the same code path as before.
 
 Legend: D input features (P), F output features (Q), R rank, G groups,
@@ -35,6 +35,7 @@ from flax import nnx
 
 from mode_jax.adapters import config as config_lib
 from mode_jax.adapters import lora
+from mode_jax.adapters import registry
 from mode_jax.adapters import routing
 from mode_jax.adapters import variables
 
@@ -43,10 +44,9 @@ class MoDE(nnx.Module):
   """`lora_a [P,R]`, `lora_b [E,R,Q]`, `router [P,G,E]`."""
 
   def __init__(self, cfg: config_lib.AdapterConfig, in_features: int,
-               out_features: int, rngs: nnx.Rngs, *, in_axis=None, out_axis=None, name: str = ""):
+               out_features: int, rngs: nnx.Rngs, *, in_axis=None, out_axis=None):
     e, r, g = cfg.num_experts, cfg.rank, cfg.num_groups
     self.scale = cfg.scale
-    self.name = name
     self.expert_rank = cfg.expert_rank
     # None: dense MoDE (top_k None or = E), the unchanged code path.
     self.top_k = cfg.top_k if cfg.sparse_experts else None
@@ -83,11 +83,11 @@ class MoDE(nnx.Module):
     h_tgp = hl_tk[..., :r].reshape(*lead, g, p)
     if self.top_k is None:
       w_tge = jax.nn.softmax(hl_tk[..., r:].reshape(*lead, g, e), axis=-1)
-      routing.record(self.name, w_tge)
+      routing.sow(self, routing.gate_stats(w_tge))
     else:
       w_tge, aux = routing.topk_softmax_gates(hl_tk[..., r:].reshape(*lead, g, e), self.top_k)
       extra = dict(aux_loss=aux, aux_weight=self.aux_loss_weight) if self.aux_loss_weight else {}
-      routing.record(self.name, w_tge, **extra)
+      routing.sow(self, {**routing.gate_stats(w_tge), **extra})
     # u[t, e, j] = w[t, g(j), e] h[t, j], expert-major so that (e, j) flattens
     # to the row index of lora_b viewed as [E*R, F] (a free reshape).
     u_tegp = jnp.swapaxes(w_tge, -1, -2)[..., :, :, None] * h_tgp[..., None, :, :]
@@ -95,3 +95,29 @@ class MoDE(nnx.Module):
     b_kf = self.lora_b[...].astype(x_td.dtype).reshape(e * r, -1)
     dy_tf = jnp.einsum("...k,kf->...f", u_tk, b_kf)
     return (self.scale * dy_tf).astype(x_td.dtype)
+
+
+def count(cfg: config_lib.AdapterConfig, p: int, q: int) -> dict[str, int]:
+  e, r = cfg.num_experts, cfg.rank
+  return {"trainable": r * p + e * r * q + cfg.num_groups * e * p, "frozen": 0}
+
+
+def validate(cfg: config_lib.AdapterConfig) -> None:
+  """p divides R; top_k <= E; a balancing loss needs sparse (top_k < E) routing."""
+  if cfg.rank % cfg.expert_rank:
+    raise ValueError(f"AdapterConfig.expert_rank={cfg.expert_rank!r} must be a positive "
+                     f"divisor of rank={cfg.rank}")
+  if cfg.top_k is not None and cfg.top_k > cfg.num_experts:
+    raise ValueError(f"AdapterConfig.top_k={cfg.top_k} must be <= num_experts="
+                     f"{cfg.num_experts} for kind='mode' (None = dense)")
+  if cfg.aux_loss_weight > 0 and not cfg.sparse_experts:
+    raise ValueError("AdapterConfig.aux_loss_weight > 0 needs kind='mode' with top_k < "
+                     f"num_experts (got top_k={cfg.top_k!r}, num_experts={cfg.num_experts})")
+
+
+registry.register(registry.Kind(
+    name="mode", display="MoDE", build=MoDE, count=count,
+    gin_macros=("RANK", "EXPERTS", "EXPERT_RANK", "TARGETS", "TOP_K", "AUX_LOSS_WEIGHT"),
+    options={"num_experts", "expert_rank", "top_k", "aux_loss_weight"}, validate=validate,
+    examples=({"rank": 4, "num_experts": 3, "expert_rank": 2},
+              {"rank": 4, "num_experts": 3, "top_k": 2, "aux_loss_weight": 0.1})))

@@ -10,12 +10,15 @@ Legend: D input features (P), F output features (Q), R rank, E experts.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from mode_jax.adapters import config as config_lib
 from mode_jax.adapters import lora
+from mode_jax.adapters import registry
 from mode_jax.adapters import routing
 from mode_jax.adapters import variables
 
@@ -25,10 +28,9 @@ class MoLoRA(nnx.Module):
 
   def __init__(self, cfg: config_lib.AdapterConfig, in_features: int,
                out_features: int, rngs: nnx.Rngs, *, shared_down: bool = False,
-               in_axis=None, out_axis=None, name: str = ""):
+               in_axis=None, out_axis=None):
     e, r = cfg.num_experts, cfg.rank
     self.scale = cfg.scale
-    self.name = name
     self.shared_down = shared_down
     if shared_down:
       self.lora_a = variables.AdapterParam(
@@ -47,7 +49,7 @@ class MoLoRA(nnx.Module):
 
   def __call__(self, x_td: jax.Array) -> jax.Array:
     w_te = routing.softmax_gates(x_td, self.router[...][:, None, :])[..., 0, :]
-    routing.record(self.name, w_te[..., None, :])
+    routing.sow(self, routing.gate_stats(w_te[..., None, :]))
     a = self.lora_a[...].astype(x_td.dtype)
     if self.shared_down:
       h_tr = jnp.einsum("...d,dr->...r", x_td, a)
@@ -62,3 +64,23 @@ class MoLoRA(nnx.Module):
     b_kf = self.lora_b[...].astype(x_td.dtype).reshape(e * r, f)
     dy_tf = jnp.einsum("...k,kf->...f", u_tk, b_kf)
     return (self.scale * dy_tf).astype(x_td.dtype)
+
+
+def count(cfg: config_lib.AdapterConfig, p: int, q: int) -> dict[str, int]:
+  e, r = cfg.num_experts, cfg.rank
+  return {"trainable": e * r * (p + q) + e * p, "frozen": 0}
+
+
+def count_sd(cfg: config_lib.AdapterConfig, p: int, q: int) -> dict[str, int]:
+  e, r = cfg.num_experts, cfg.rank
+  return {"trainable": r * p + e * r * q + e * p, "frozen": 0}
+
+
+_MACROS = ("RANK", "EXPERTS", "TARGETS")
+registry.register(registry.Kind(
+    name="molora", display="MoLoRA", build=MoLoRA, count=count, gin_macros=_MACROS,
+    options={"num_experts"}, examples=({"rank": 4, "num_experts": 3},)))
+registry.register(registry.Kind(
+    name="molora_sd", display="MoLoRA-SD", build=functools.partial(MoLoRA, shared_down=True),
+    count=count_sd, gin_macros=_MACROS, options={"num_experts"},
+    examples=({"rank": 4, "num_experts": 3},)))

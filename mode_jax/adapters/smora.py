@@ -10,7 +10,7 @@ g_i = k (s_i + b_i) / sum_{topk}(s + b), and
 no gradient; the gates carry the router's). `bias` is `AdapterState`: read,
 never written, by the forward pass; `balancing.update` applies
 b_i += u * sign(mean(c) - c_i) after each training step from the per-column
-selection counts c recorded here (all tokens of the call are counted).
+selection counts c sown here (all tokens of the call are counted).
 
 h and the router logits come from one float32 matmul of x with
 [lora_a | router] (as in MoDE); the gated h then meets lora_b in one dense
@@ -28,6 +28,7 @@ from flax import nnx
 from mode_jax.adapters import balancing
 from mode_jax.adapters import config as config_lib
 from mode_jax.adapters import lora
+from mode_jax.adapters import registry
 from mode_jax.adapters import routing
 from mode_jax.adapters import variables
 
@@ -36,10 +37,9 @@ class SMoRA(nnx.Module):
   """`lora_a [P,R]`, `lora_b [R,Q]`, `router [P,R]` (trained), `bias [R]` (state)."""
 
   def __init__(self, cfg: config_lib.AdapterConfig, in_features: int,
-               out_features: int, rngs: nnx.Rngs, *, in_axis=None, out_axis=None,
-               name: str = ""):
+               out_features: int, rngs: nnx.Rngs, *, in_axis=None, out_axis=None):
     r = cfg.rank
-    balancing.init_selection(self, cfg, name)
+    balancing.init_selection(self, cfg)
     self.lora_a = variables.AdapterParam(
         lora.init_normal(rngs, (in_features, r), cfg.a_init_scale),
         logical_axes=(in_axis, "rank"))
@@ -70,7 +70,20 @@ class SMoRA(nnx.Module):
     hl_tk = jnp.einsum("...d,dk->...k", x_td.astype(jnp.float32), a_dk)
     h_tr, logits_tr = hl_tk[..., :r], hl_tk[..., r:]
     g_tr, mask_tr = self._gates(logits_tr)
-    routing.record_selection(self.name, mask_tr, self.bias_rate)
+    routing.sow(self, routing.selection_stats(mask_tr))
     b_rf = self.lora_b[...].astype(x_td.dtype)
     dy_tf = jnp.einsum("...r,rf->...f", (g_tr * h_tr).astype(x_td.dtype), b_rf)
     return (self.scale * dy_tf).astype(x_td.dtype)
+
+
+def count(cfg: config_lib.AdapterConfig, p: int, q: int) -> dict[str, int]:
+  r = cfg.rank
+  return {"trainable": r * p + r * q + p * r, "frozen": 0}
+
+
+registry.register(registry.Kind(
+    name="smora", display="SMoRA", build=SMoRA, count=count,
+    gin_macros=("RANK", "TOP_K", "ALPHA", "BIAS_RATE", "TARGETS"),
+    options={"top_k", "bias_rate"}, balancing=True, scale_by_top_k=True,
+    validate=lambda cfg: balancing.validate_selection(cfg, default_bias_rate=1e-5),
+    examples=({"rank": 8, "top_k": 3},)))

@@ -19,6 +19,14 @@ class AdapterState(nnx.Variable):
   """
 
 
+class BalancingBias(AdapterState):
+  """A balancing bias [R] stepped by a rule after each training step.
+
+  Its `rate` metadata is the rule's step u; `balancing.update` finds these
+  by type and steps each from the counts its own adapter sowed.
+  """
+
+
 # nnx.Param also matches nnx.LoRAParam subclasses, hence the explicit Not.
 FROZEN_BASE = nnx.All(nnx.Param, nnx.Not(AdapterParam))
 TRAINABLE = AdapterParam

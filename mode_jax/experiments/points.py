@@ -1,9 +1,10 @@
 """Sweep points: one run each (method, experts m, rank R, expert rank p, lr, seed).
 
 A `Point` becomes gin bindings through the adapter gin file of its method
-(`configs/adapters/<method>.gin`, which reads the macros RANK, EXPERTS and
-EXPERT_RANK) plus any extra bindings it carries, so adapter kinds added later
-(flylora, smora, ...) are named by their method and their own macros.
+(`configs/adapters/<method>.gin`, which reads the macros its registered
+kind declares: RANK, EXPERTS, EXPERT_RANK, ...) plus any extra bindings it
+carries. Which fields a method takes (m, p) and its display name come from
+the adapter registry (`mode_jax.adapters.registry`).
 
 Parameter counts come from `mode_jax.adapters.count_params` alone (shapes,
 no model is built); `match_budget` picks the free size of a point whose
@@ -20,11 +21,33 @@ from typing import Any, Iterable, Mapping, Sequence
 from mode_jax import adapters as adapters_lib
 
 DEFAULT_TARGETS = ("q", "k", "v", "o")
-PRETTY = {"lora": "LoRA", "molora": "MoLoRA", "molora_sd": "MoLoRA-SD", "mode": "MoDE",
-          "flylora": "FlyLoRA", "smora": "SMoRA"}
-# Methods whose configs take no experts (m) or no expert rank (p).
-NO_EXPERTS = ("lora", "flylora", "smora")
-NO_EXPERT_RANK = ("lora", "molora", "molora_sd", "flylora", "smora")
+
+
+def _kind(method: str):
+  """The registered adapter kind of a method, or None for a name it does not know."""
+  return adapters_lib.registry.get(method) if method in adapters_lib.registry.names() else None
+
+
+def takes_experts(method: str) -> bool:
+  """Whether the method's configs take experts m (its kind has `num_experts`)."""
+  kind = _kind(method)
+  return kind is None or "num_experts" in kind.options
+
+
+def takes_expert_rank(method: str) -> bool:
+  """Whether the method's configs take an expert rank p (MoDE)."""
+  kind = _kind(method)
+  return kind is not None and "expert_rank" in kind.options
+
+
+# Display names by kind (tables.py), read from the registry.
+PRETTY = {k: adapters_lib.registry.get(k).display for k in adapters_lib.registry.names()}
+
+
+def display_name(method: str) -> str:
+  """The paper's name of a method (its kind's `display`), else the method itself."""
+  kind = _kind(method)
+  return kind.display if kind is not None else method
 
 
 def gin_value(v: Any) -> str:
@@ -90,7 +113,7 @@ class Point:
   @property
   def label(self) -> str:
     """The paper's notation: `MoDE 16x4`, `MoDE 12x16x8`, `LoRA 64`."""
-    pretty = PRETTY.get(self.method, self.method)
+    pretty = display_name(self.method)
     if self.experts is None:
       return f"{pretty} {self.rank}"
     if self.expert_rank in (None, 1):
@@ -128,7 +151,7 @@ class Point:
     try:
       return adapters_lib.AdapterConfig(**kw)
     except (ValueError, TypeError):
-      if self.method in adapters_lib.KINDS:
+      if _kind(self.method) is not None:
         raise
       return None
 
@@ -157,7 +180,7 @@ def count(point: Point, model_cfg, targets: Sequence[str] = DEFAULT_TARGETS) -> 
 
 def valid(point: Point) -> bool:
   """Whether the point is a legal adapter (p divides R, LoRA has no m, ...)."""
-  if point.method in NO_EXPERTS and point.experts not in (None, 1):
+  if not takes_experts(point.method) and point.experts not in (None, 1):
     return False
   if point.expert_rank is not None and point.rank % point.expert_rank:
     return False
@@ -173,17 +196,18 @@ def grid(methods: Iterable[str], ranks: Iterable[int], experts: Iterable[int] = 
          seeds: Iterable[int] = (0,)) -> list[Point]:
   """The Cartesian product, with fields a method does not take dropped.
 
-  LoRA drops m and p, MoLoRA(-SD) drop p, MoDE defaults p to 1; illegal
+  Kinds without experts (LoRA, FlyLoRA, SMoRA; `registry.Kind.options`)
+  drop m, kinds without an expert rank drop p, MoDE defaults p to 1; illegal
   points (p not dividing R) are skipped; duplicates are removed in order.
   """
   out, seen = [], set()
   for meth, r, m, p, lr, s in itertools.product(methods, ranks, experts, expert_ranks, lrs,
                                                 seeds):
-    if meth in NO_EXPERTS:
+    if not takes_experts(meth):
       m = None
-    if meth in NO_EXPERT_RANK:
+    if not takes_expert_rank(meth):
       p = None
-    elif meth == "mode" and p is None:
+    elif p is None:
       p = 1
     pt = Point(meth, r, m, p, lr, s)
     if pt in seen or not valid(pt):

@@ -23,7 +23,7 @@ class Attention(nnx.Module):
   """Projections `q` [D,H,K], `k`, `v` [D,N,K] and `o` [H,K,D], each adaptable."""
 
   def __init__(self, cfg, *, rngs: nnx.Rngs, adapter=None, targets=(), param_dtype=None,
-               attention_type: str = "global", name: str = "attn"):
+               attention_type: str = "global"):
     d, h, n, k = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.num_heads, self.num_kv_heads, self.head_dim = h, n, k
     self.rope_base = cfg.rope_base
@@ -33,16 +33,15 @@ class Attention(nnx.Module):
 
     def proj(name, i, o, ia, oa):
       return linear.Projection(i, o, ia, oa, rngs=rngs, param_dtype=param_dtype,
-                               adapter=adapter if name in targets else None,
-                               name=f"{prefix}/{name}")
-    prefix = name
+                               adapter=adapter if name in targets else None)
     self.q = proj("q", (d,), (h, k), ("embed",), ("heads", "kv"))
     self.k = proj("k", (d,), (n, k), ("embed",), ("kv_heads", "kv"))
     self.v = proj("v", (d,), (n, k), ("embed",), ("kv_heads", "kv"))
     self.o = proj("o", (h, k), (d,), ("heads", "kv"), ("embed",))
 
   def __call__(self, x_bld: jax.Array, positions_bl: jax.Array, mask_bls: jax.Array,
-               cache: dict | None = None, cache_index: jax.Array | None = None):
+               cache: dict | None = None, cache_index: jax.Array | None = None,
+               window: jax.Array | None = None):
     """Attends and returns (y [B, L, D], updated cache or None).
 
     Args:
@@ -53,6 +52,9 @@ class Attention(nnx.Module):
         applied here from slot distances.
       cache: {"k", "v": [B, S, N, K]} or None.
       cache_index: first slot written by this call (with a cache).
+      window: a per-call sliding window (an int32 scalar, possibly traced:
+        scanned layers pass theirs as data; a global layer passes the int32
+        maximum); None uses the layer's own (`attention_type`).
     """
     q_blhk = rope.apply_rope(self.q(x_bld), positions_bl, self.rope_base)
     k_blnk = rope.apply_rope(self.k(x_bld), positions_bl, self.rope_base)
@@ -70,9 +72,10 @@ class Attention(nnx.Module):
       k_bsnk, v_bsnk = k_blnk, v_blnk
       q_slot = jnp.arange(x_bld.shape[1])
 
-    if self.window is not None:
+    window = self.window if window is None else window
+    if window is not None:
       k_slot = jnp.arange(k_bsnk.shape[1])
-      mask_bls = mask_bls & ((q_slot[:, None] - k_slot[None, :]) < self.window)[None]
+      mask_bls = mask_bls & ((q_slot[:, None] - k_slot[None, :]) < window)[None]
 
     b, l, h, k = q_blhk.shape
     n = self.num_kv_heads

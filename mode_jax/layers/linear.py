@@ -31,7 +31,7 @@ class Projection(nnx.Module):
   def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int],
                in_axes: Sequence[str | None], out_axes: Sequence[str | None], *,
                rngs: nnx.Rngs, adapter: adapters_lib.AdapterConfig | None = None,
-               param_dtype=jnp.float32, name: str = ""):
+               param_dtype=jnp.float32):
     self.in_shape = tuple(in_shape)
     self.out_shape = tuple(out_shape)
     fan_in = math.prod(self.in_shape)
@@ -44,7 +44,7 @@ class Projection(nnx.Module):
     else:
       self.adapter = adapters_lib.make_adapter(
           adapter, fan_in, math.prod(self.out_shape), rngs,
-          in_axis=in_axes[0], out_axis=out_axes[0], name=name)
+          in_axis=in_axes[0], out_axis=out_axes[0])
 
   def __call__(self, x: jax.Array) -> jax.Array:
     n_in = len(self.in_shape)

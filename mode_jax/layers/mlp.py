@@ -14,12 +14,10 @@ class GatedMLP(nnx.Module):
   """Projections `gate`, `up` [D, F] and `down` [F, D], each adaptable."""
 
   def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, adapter=None,
-               targets=(), param_dtype=None, name: str = "mlp"):
+               targets=(), param_dtype=None):
     def proj(name, i, o, ia, oa):
       return linear.Projection((i,), (o,), (ia,), (oa,), rngs=rngs, param_dtype=param_dtype,
-                               adapter=adapter if name in targets else None,
-                               name=f"{prefix}/{name}")
-    prefix = name
+                               adapter=adapter if name in targets else None)
     self.gate = proj("gate", dim, hidden, "embed", "mlp")
     self.up = proj("up", dim, hidden, "embed", "mlp")
     self.down = proj("down", hidden, dim, "mlp", "embed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import jax
 from flax import nnx
@@ -10,6 +11,7 @@ from flax import nnx
 from mode_jax import adapters as adapters_lib
 from mode_jax import sharding
 from mode_jax.models import config as config_lib
+from mode_jax.models import stacking
 from mode_jax.models import transformer
 
 
@@ -42,6 +44,24 @@ def build_sharded(cfg: config_lib.ModelConfig,
 
   state = jax.jit(init, out_shardings=shardings)()
   return nnx.merge(graphdef, state)
+
+
+def load_base(model: transformer.Transformer, load: Callable[[nnx.Module], None],
+              mesh: jax.sharding.Mesh, rules=sharding.DEFAULT_RULES) -> None:
+  """Fills `model`'s frozen base with a loader written for looped layers.
+
+  `load(m)` fills the base parameters of a looped model `m` in place (every
+  checkpoint layout maps onto looped paths). A looped `model` is passed
+  as is; a scanned one gets an abstract looped twin, loaded and then
+  stacked straight into the scanned shardings (the layer weights exist
+  twice on the devices while they are stacked).
+  """
+  if not model.config.scan_layers:
+    load(model)
+    return
+  twin = abstract_model(model.config.replace(scan_layers=False))
+  shardings = sharding.state_shardings(nnx.state(model, adapters_lib.FROZEN_BASE), mesh, rules)
+  stacking.load_stacked(model, twin, load, shardings, wrt=adapters_lib.FROZEN_BASE)
 
 
 def _count(state) -> int:

@@ -6,6 +6,12 @@ import dataclasses
 from typing import Sequence
 
 ATTENTION_TYPES = ("global", "local")
+# What a rematerialised block keeps for the backward pass (`remat_policy`):
+# nothing extra ("none" = no rematerialisation), only its inputs ("full"),
+# or also the outputs of its matmuls ("save_dots": those without batch
+# dimensions, `jax.checkpoint_policies.dots_with_no_batch_dims_saveable`;
+# "save_all_dots": every dot, `checkpoint_dots`).
+REMAT_POLICIES = ("none", "full", "save_dots", "save_all_dots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +43,11 @@ class ModelConfig:
     attention_types: per-layer pattern cycled over the layers.
     sliding_window: window of "local" layers.
     post_norms: Gemma 2 post-attention / post-MLP norms.
+    scan_layers: run the blocks as one `jax.lax.scan` over parameters
+      stacked along a leading `layers` axis (compile time independent of
+      depth; the KV cache is stacked too). Same numbers as the loop.
+    remat_policy: rematerialisation of each block in the backward pass, one
+      of REMAT_POLICIES ("none": keep every activation).
   """
   name: str = "tiny"
   vocab_size: int = 512
@@ -56,6 +67,8 @@ class ModelConfig:
   attention_types: tuple[str, ...] = ("global",)
   sliding_window: int | None = None
   post_norms: bool = False
+  scan_layers: bool = False
+  remat_policy: str = "none"
 
   def __post_init__(self):
     for f in ("vocab_size", "num_layers", "embed_dim", "num_heads", "num_kv_heads",
@@ -73,6 +86,11 @@ class ModelConfig:
     object.__setattr__(self, "attention_types", types)
     if not types or any(t not in ATTENTION_TYPES for t in types):
       raise ValueError(f"ModelConfig.attention_types={types!r}; allowed: {ATTENTION_TYPES}")
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"ModelConfig.scan_layers must be a bool, got {self.scan_layers!r}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"ModelConfig.remat_policy={self.remat_policy!r}; allowed: "
+                       f"{REMAT_POLICIES}")
     if "local" in types and not self.sliding_window:
       raise ValueError("ModelConfig.sliding_window is required with local attention layers")
 

@@ -144,7 +144,8 @@ def named_config(cfg: config_lib.ModelConfig) -> config_lib.ModelConfig:
   """Renames an inferred config after the registered config of the same shapes."""
   for name in config_lib.config_names():
     known = config_lib.get_config(name)
-    if known.replace(name=cfg.name, dtype=cfg.dtype, param_dtype=cfg.param_dtype) == cfg:
+    if known.replace(name=cfg.name, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                     scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy) == cfg:
       return cfg.replace(name=name)
   return cfg
 

@@ -79,11 +79,14 @@ def read_config(path: str, model: str | config_lib.ModelConfig | None = None,
     named = config_lib.get_config(named)
   if kind == BASE:  # the stored config; only the activation dtype may change
     cfg = checkpoints.read_base_config(path)
-    same = dict(name=cfg.name, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    same = dict(name=cfg.name, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy)
     if named is not None and named.replace(**same) != cfg:
       raise PretrainedError(f"base checkpoint {path!r} holds model {cfg}, but the requested "
                             f"model is {named}")
     pdt = param_dtype or (named.param_dtype if named is not None else cfg.param_dtype)
+    if named is not None:  # how to run it (not what it is) comes from the request
+      cfg = cfg.replace(scan_layers=named.scan_layers, remat_policy=named.remat_policy)
     return cfg.replace(dtype=dtype or cfg.dtype, param_dtype=pdt)
   if named is not None:  # its own dtypes unless overridden
     cfg = named
@@ -162,6 +165,9 @@ def from_pretrained(path: str, adapter_config: adapters_lib.AdapterConfig | None
                     seed: int = 0, rules=sharding.DEFAULT_RULES) -> transformer.Transformer:
   """Loads a pretrained Gemma (any layout in LAYOUTS) as a sharded mode_jax model.
 
+  A `model` config with `scan_layers` gets scanned layers whatever the
+  checkpoint's layout (loaded looped, then stacked).
+
   Args:
     path: checkpoint directory (HF, official Flax/Orbax, or mode_jax base).
     adapter_config: if given, adapters are attached and initialised fresh.
@@ -186,8 +192,12 @@ def from_pretrained(path: str, adapter_config: adapters_lib.AdapterConfig | None
   if detect_layout(path) == BASE:
     checkpoints.restore_base(path, abstract, mesh, rules)
   else:
-    base_abs = nnx.state(abstract, adapters_lib.FROZEN_BASE)
-    nnx.update(abstract, load_base_state(path, cfg, base_abs, mesh, rules))
+
+    def load(m):  # a looped model: every layout maps onto looped paths
+      base_abs = nnx.state(m, adapters_lib.FROZEN_BASE)
+      nnx.update(m, load_base_state(path, m.config, base_abs, mesh, rules))
+
+    build.load_base(abstract, load, mesh, rules)
   rest_abs = nnx.state(abstract, nnx.Not(adapters_lib.FROZEN_BASE))
   if jax.tree.leaves(rest_abs):
     nnx.update(abstract, _init_adapters(cfg, adapter_config, rest_abs, mesh, rules, seed))

@@ -9,6 +9,7 @@ import argparse
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from mode_jax import adapters
 from mode_jax import models
@@ -26,8 +27,9 @@ def main(argv=None):
   cfg = models.get_config(args.model)
   acfg = adapters.AdapterConfig(
       kind=args.kind, rank=args.rank,
-      num_experts=1 if args.kind == "lora" else args.experts,
-      expert_rank=args.expert_rank, targets=tuple(args.targets.split(",")))
+      targets=tuple(args.targets.split(",")),
+      **{f: v for f, v in (("num_experts", args.experts), ("expert_rank", args.expert_rank))
+         if f in adapters.registry.get(args.kind).options})
   counts = adapters.count_params(cfg, acfg)
   print(f"model {cfg.name}: non-embedding {cfg.non_embedding_params():,}, "
         f"embedding {cfg.embedding_params():,}")
@@ -38,7 +40,8 @@ def main(argv=None):
   print(f"trainable {counts['trainable']:,} = {counts['percent_of_base']:.2f}% of base")
   if cfg.num_layers * cfg.embed_dim <= 4096:
     model = models.build_model(cfg, acfg)
-    logits = jax.jit(lambda t: model(t))(jnp.zeros((1, 8), jnp.int32))
+    graphdef, state = nnx.split(model)  # merged inside: the adapters sow statistics
+    logits = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))(state, jnp.zeros((1, 8), jnp.int32))
     print(f"forward pass: logits {logits.shape} {logits.dtype}")
 
 

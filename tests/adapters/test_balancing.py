@@ -44,7 +44,7 @@ class _Layer(nnx.Module):
 
   def __init__(self, cfg):
     self.q = linear.Projection((4,), (3,), ("embed",), ("heads",), rngs=nnx.Rngs(0),
-                               adapter=cfg, name="q")
+                               adapter=cfg)
 
 
 @pytest.mark.parametrize("kind,rate", [("flylora", 1e-3), ("smora", 1e-5), ("flylora", 0.25)])
@@ -62,12 +62,13 @@ def test_bias_update_follows_the_rule(kind, rate):
 
   @jax.jit
   def forward(state, x):
-    with routing.collect() as stats:
-      nnx.merge(graphdef, state).q(x)
-    return stats
+    layer = nnx.merge(graphdef, state)
+    layer.q(x)
+    return routing.pop(layer)
 
   stats = forward(state, jnp.asarray(X_TP))
-  np.testing.assert_array_equal(np.asarray(stats["q"]["counts"]), COUNTS)
+  assert set(stats) == {"q/adapter"}  # the path of the module that holds the bias
+  np.testing.assert_array_equal(np.asarray(stats["q/adapter"]["counts"]), COUNTS)
   astate = nnx.state(layer, adapters.AdapterState)
   new = balancing.update(astate, stats)
   want = D0 + np.float32(rate) * SIGN
@@ -81,7 +82,7 @@ def test_bias_update_follows_the_rule(kind, rate):
   np.testing.assert_array_equal(np.asarray(adapter.bias[...]), D0)
   # No stats (evaluation) or stats without counts: the identity.
   assert balancing.update(astate, {}) is astate
-  same = balancing.update(astate, {"q": {"entropy": jnp.zeros(())}})
+  same = balancing.update(astate, {"q/adapter": {"entropy": jnp.zeros(())}})
   np.testing.assert_array_equal(np.asarray(same["q"]["adapter"]["bias"][...]), D0)
 
 
@@ -136,9 +137,8 @@ def test_forward_eval_and_decoding_leave_the_bias_alone(kind):
   before = _biases(astate)
   assert set(before) == set(NAMES)
   batch = _batch(model.config.vocab_size)
-  with routing.collect() as stats:  # a plain (eager) call, recording statistics
-    model(batch["decoder_input_tokens"])
-  assert set(stats) == set(NAMES)
+  model(batch["decoder_input_tokens"])  # a plain (eager) call sows statistics
+  assert set(routing.by_matrix(routing.pop(model))) == set(NAMES)
   logits = jax.jit(lambda s, t: nnx.merge(graphdef, *s)(t))((params, astate, frozen),
                                                             batch["decoder_input_tokens"])
   assert logits.shape[:2] == (4, 8)
@@ -161,9 +161,9 @@ def _train_step(model, micro_batches=1, opt=None, mesh=None):
 def _counts(graphdef, state, frozen, batch):
   @jax.jit
   def f(params, astate, frozen, tokens):
-    with routing.collect() as stats:
-      nnx.merge(graphdef, params, astate, frozen)(tokens)
-    return stats
+    model = nnx.merge(graphdef, params, astate, frozen)
+    model(tokens)
+    return routing.by_matrix(routing.pop(model))
 
   return f(state["params"], state["adapter_state"], frozen, batch["decoder_input_tokens"])
 
@@ -176,7 +176,7 @@ def test_train_step_updates_the_bias_by_the_rule(kind):
   graphdef, state, frozen, step = _train_step(model)
   batch = _batch(model.config.vocab_size)
   stats = _counts(graphdef, state, frozen, batch)
-  rate = adapters.config.DEFAULT_BIAS_RATE[kind]
+  rate = adapters.AdapterConfig(**KINDS[kind]).bias_rate
   before = _biases(state["adapter_state"])
   want = {n: np.asarray(balancing.sign_rule(jnp.asarray(before[n]), stats[n]["counts"], rate))
           for n in NAMES}

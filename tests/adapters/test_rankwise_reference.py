@@ -135,12 +135,13 @@ def _call(module, x):
 
 
 def _call_stats(module, x):
+  """(dy, the statistics it sowed); a bare module's are keyed by its path, ""."""
   graphdef, state = nnx.split(module)
 
   def f(state, x):
-    with routing.collect() as stats:
-      dy = nnx.merge(graphdef, state)(x)
-    return dy, stats
+    m = nnx.merge(graphdef, state)
+    dy = m(x)
+    return dy, routing.pop(m)
 
   return jax.jit(f)(state, x)
 
@@ -158,7 +159,7 @@ FLY_CASES = [  # (R, k, alpha, density, lead, P, Q)
 @pytest.mark.parametrize("r,k,alpha,density,lead,P,Q", FLY_CASES)
 def test_flylora_matches_reference(r, k, alpha, density, lead, P, Q):
   cfg = adapters.AdapterConfig(kind="flylora", rank=r, top_k=k, alpha=alpha, density=density)
-  module = adapters.make_adapter(cfg, P, Q, nnx.Rngs(r + k), name="q")
+  module = adapters.make_adapter(cfg, P, Q, nnx.Rngs(r + k))
   _fill(module, r * 10 + k, {"lora_b": 0.5})
   rng = np.random.default_rng(P + Q)
   h_std = float(np.abs(_arr(module.lora_a)).sum(0).mean())  # scale of h
@@ -171,8 +172,8 @@ def test_flylora_matches_reference(r, k, alpha, density, lead, P, Q):
   assert gap > 1e-4, gap  # selections cannot differ between float32 and float64
   assert dy.shape == (*lead, Q) and np.abs(want).max() > 0.1
   np.testing.assert_allclose(np.asarray(dy).reshape(-1, Q), want, rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(np.asarray(stats["q"]["counts"]), counts)
-  assert float(stats["q"]["rate"]) == pytest.approx(1e-3)
+  np.testing.assert_array_equal(np.asarray(stats[""]["counts"]), counts)
+  assert module.bias.get_metadata("rate") == pytest.approx(1e-3)
   if k < r:  # the bias matters: without it another selection and delta
     module.bias[...] = jnp.zeros((r,))
     nobias, _, _ = ref_flylora(x.reshape(-1, P).astype(np.float64), _arr(module.lora_a),
@@ -220,7 +221,7 @@ SMORA_CASES = [  # (R, k, alpha, lead, P, Q)
 def test_smora_matches_reference(r, k, alpha, lead, P, Q):
   cfg = adapters.AdapterConfig(kind="smora", rank=r, top_k=k, alpha=alpha, a_init_scale=0.0,
                                router_init_scale=0.0)
-  module = adapters.make_adapter(cfg, P, Q, nnx.Rngs(0), name="v")
+  module = adapters.make_adapter(cfg, P, Q, nnx.Rngs(0))
   _fill(module, r * 10 + k, {"lora_a": 0.3, "lora_b": 0.5, "router": 0.4})
   rng = np.random.default_rng(P + Q)
   module.bias[...] = jnp.asarray(0.1 * rng.normal(size=r), jnp.float32)
@@ -232,8 +233,8 @@ def test_smora_matches_reference(r, k, alpha, lead, P, Q):
   assert gap > 1e-4, gap
   assert dy.shape == (*lead, Q) and np.abs(want).max() > 0.1
   np.testing.assert_allclose(np.asarray(dy).reshape(-1, Q), want, rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(np.asarray(stats["v"]["counts"]), counts)
-  assert float(stats["v"]["rate"]) == pytest.approx(1e-5)
+  np.testing.assert_array_equal(np.asarray(stats[""]["counts"]), counts)
+  assert module.bias.get_metadata("rate") == pytest.approx(1e-5)
   if k < r:
     nobias, _, _ = ref_smora(*args, np.zeros(r), k, k if alpha is None else alpha)
     assert np.abs(nobias - want).max() > 1e-3
@@ -264,7 +265,7 @@ def test_mode_topk_matches_reference(r, e, p, k, alpha, lead, P, Q):
   cfg = adapters.AdapterConfig(kind="mode", rank=r, num_experts=e, expert_rank=p, top_k=k,
                                alpha=alpha, aux_loss_weight=0.01, a_init_scale=0.0,
                                router_init_scale=0.0)
-  module = adapters.make_adapter(cfg, P, Q, nnx.Rngs(0), name="o")
+  module = adapters.make_adapter(cfg, P, Q, nnx.Rngs(0))
   _fill(module, r + e + p + k, {"lora_a": 0.3, "lora_b": 0.5, "router": 0.7})
   x = np.random.default_rng(P + Q).normal(size=(*lead, P)).astype(np.float32)
   dy, stats = _call_stats(module, jnp.asarray(x))
@@ -273,7 +274,7 @@ def test_mode_topk_matches_reference(r, e, p, k, alpha, lead, P, Q):
   assert gap > 1e-4, gap
   assert np.abs(want).max() > 0.1
   np.testing.assert_allclose(np.asarray(dy).reshape(-1, Q), want, rtol=1e-5, atol=1e-5)
-  s = stats["o"]
+  s = stats[""]
   assert float(s["aux_loss"]) == pytest.approx(aux, rel=1e-5)
   assert float(s["aux_weight"]) == pytest.approx(0.01)
   np.testing.assert_allclose(float(s["load"].sum()), 1.0, atol=1e-6)
@@ -285,9 +286,9 @@ def test_mode_topk_matches_reference(r, e, p, k, alpha, lead, P, Q):
   # Without the loss nothing extra is recorded.
   plain = adapters.make_adapter(
       adapters.AdapterConfig(kind="mode", rank=r, num_experts=e, expert_rank=p, top_k=k),
-      P, Q, nnx.Rngs(0), name="o")
+      P, Q, nnx.Rngs(0))
   _, st = _call_stats(plain, jnp.asarray(x))
-  assert set(st["o"]) == {"entropy", "load"}
+  assert set(st[""]) == {"entropy", "load"}
 
 
 @pytest.mark.parametrize("p", [1, 2, 4])
@@ -336,19 +337,19 @@ def test_tied_scores_select_the_first_k(kind):
   kw = dict(kind=kind, rank=6, top_k=2, b_init_scale=1.0, router_init_scale=0.0)
   if kind == "mode":
     kw.update(rank=2, num_experts=5)
-  module = adapters.make_adapter(adapters.AdapterConfig(**kw), 4, 3, nnx.Rngs(0), name="m")
+  module = adapters.make_adapter(adapters.AdapterConfig(**kw), 4, 3, nnx.Rngs(0))
   if kind == "flylora":
     module.lora_a[...] = jnp.ones_like(module.lora_a[...])  # h identical across columns
   x = jnp.ones((3, 4))
-  with routing.collect() as stats:
-    dy = module(x)
+  dy = module(x)
+  stats = routing.pop(module)
   if kind == "mode":
     w = np.asarray(module.gates(x))
     np.testing.assert_array_equal(w, np.broadcast_to([0.5, 0.5, 0, 0, 0], (3, 2, 5)))
     want = np.einsum("tr,rq->tq", np.asarray(x @ module.lora_a[...]),
                      0.5 * np.asarray(module.lora_b[...][0] + module.lora_b[...][1]))
   else:
-    np.testing.assert_array_equal(np.asarray(stats["m"]["counts"]), [3, 3, 0, 0, 0, 0])
+    np.testing.assert_array_equal(np.asarray(stats[""]["counts"]), [3, 3, 0, 0, 0, 0])
     h = np.asarray(x @ module.lora_a[...])
     g = 1.0  # SMoRA: k * 0.5 / (2 * 0.5)
     scale = module.scale

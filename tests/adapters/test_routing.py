@@ -1,7 +1,8 @@
 """Routing statistics and float32 routing under bfloat16 inputs.
 
-Statistics are gathered functionally by `routing.collect()` (the code no
-longer sows an `nnx.Intermediate`): {adapter name: {"entropy", "load"}}.
+Each call sows its statistics as the adapter's `routing.RoutingStats` (an
+`nnx.Intermediate`); `routing.pop` removes them as {module path: {"entropy",
+"load"}} (the path of a bare adapter module is "").
 """
 
 import jax
@@ -17,11 +18,22 @@ P, Q, R, E = 12, 10, 4, 3
 MIXTURES = [("molora", 1), ("molora_sd", 1), ("mode", 1), ("mode", 2), ("mode", R)]
 
 
-def _module(kind, p=1, b_init_scale=0.0, name=""):
+def _module(kind, p=1, b_init_scale=0.0):
   e = 1 if kind == "lora" else E
   cfg = adapters.AdapterConfig(kind=kind, rank=R, num_experts=e, expert_rank=p,
                                b_init_scale=b_init_scale, router_init_scale=0.5)
-  return adapters.make_adapter(cfg, P, Q, nnx.Rngs(0), name=name)
+  return adapters.make_adapter(cfg, P, Q, nnx.Rngs(0))
+
+
+class _Pair(nnx.Module):
+  """Two adapters at paths "a" and "b/adapter", to see the keys."""
+
+  def __init__(self):
+    self.a = _module("mode")
+    self.b = nnx.Dict(adapter=_module("molora"))
+
+  def __call__(self, x):
+    return self.a(x) + self.b["adapter"](x)
 
 
 def _x(dtype=jnp.float32):
@@ -38,13 +50,14 @@ def _gates_tge(module, x):
 
 
 @pytest.mark.parametrize("kind,p", MIXTURES)
-def test_mixture_records_routing_stats(kind, p):
-  module = _module(kind, p, name="layer_3/attn/q")
+def test_mixture_sows_routing_stats(kind, p):
+  module = _module(kind, p)
   x = _x()
-  with routing.collect() as stats:
-    module(x)
-  assert set(stats) == {"layer_3/attn/q"}
-  sown = stats["layer_3/attn/q"]
+  module(x)
+  stats = routing.pop(module)
+  assert set(stats) == {""}
+  assert routing.pop(module) == {}  # popped: gone from the module
+  sown = stats[""]
   assert set(sown) == {"entropy", "load"}
   entropy, load = np.asarray(sown["entropy"]), np.asarray(sown["load"])
   assert entropy.shape == () and load.shape == (E,)
@@ -59,35 +72,42 @@ def test_mixture_records_routing_stats(kind, p):
   assert float(entropy) == pytest.approx(want_entropy, rel=1e-5, abs=1e-6)
 
 
-def test_stats_keys_unnamed_and_repeated_calls():
-  unnamed, named = _module("mode"), _module("molora", name="m")
-  with routing.collect() as stats:
-    unnamed(_x())
-    named(_x())
-    named(_x())  # the same module twice: a primed key, nothing overwritten
-  assert set(stats) == {"adapter_0", "m", "m'"}
+def test_stats_are_keyed_by_module_path_and_a_second_call_replaces_the_first():
+  pair = _Pair()
+  pair(_x())
+  first = pair.a.routing.get_value()["load"]
+  pair(2.0 * _x())
+  stats = routing.pop(pair)
+  assert set(stats) == {"a", "b/adapter"}
+  assert not np.allclose(np.asarray(stats["a"]["load"]), np.asarray(first))
+  assert set(routing.by_matrix(stats)) == {"a", "b"}  # logs drop the "adapter" attribute
 
 
-def test_record_is_a_noop_outside_collect_and_for_lora():
-  module = _module("mode")
-  module(_x())  # no collector: nothing to record into, no error
-  with routing.collect() as stats:
-    _module("lora")(_x())
-  assert stats == {}
+def test_lora_sows_nothing():
+  module = _module("lora")
+  module(_x())
+  assert routing.pop(module) == {}
+
+
+def test_by_matrix_splits_stacked_layers():
+  stats = {"layers/attn/q/adapter": {"load": jnp.ones((3, E)) / E, "entropy": jnp.arange(3.0)}}
+  per = routing.by_matrix(stats)
+  assert set(per) == {"layers/0/attn/q", "layers/1/attn/q", "layers/2/attn/q"}
+  assert float(per["layers/2/attn/q"]["entropy"]) == 2.0
 
 
 def test_stats_as_auxiliary_output_of_a_jitted_loss():
-  module = _module("mode", 2, name="q")
+  module = _module("mode", 2)
   graphdef, params, rest = nnx.split(module, adapters.AdapterParam, ...)
 
   def loss(params, x):
-    with routing.collect() as stats:
-      dy = nnx.merge(graphdef, params, rest)(x)
-    return jnp.sum(dy), stats
+    model = nnx.merge(graphdef, params, rest)
+    dy = model(x)
+    return jnp.sum(dy), routing.pop(model)
 
   (_, stats), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, _x())
-  assert set(stats) == {"q"} and stats["q"]["load"].shape == (E,)
-  assert float(stats["q"]["load"].sum()) == pytest.approx(1.0, abs=1e-6)
+  assert set(stats) == {""} and stats[""]["load"].shape == (E,)
+  assert float(stats[""]["load"].sum()) == pytest.approx(1.0, abs=1e-6)
   assert set(grads.keys()) == {"lora_a", "lora_b", "router"}
 
 
@@ -113,8 +133,8 @@ def test_softmax_gates_float32_under_bfloat16():
 @pytest.mark.parametrize("kind,p", [("lora", 1)] + MIXTURES)
 def test_bfloat16_input_gives_bfloat16_output(kind, p):
   module = _module(kind, p, b_init_scale=0.5)
-  with routing.collect() as stats:
-    y16 = module(_x(jnp.bfloat16))
+  y16 = module(_x(jnp.bfloat16))
+  stats = routing.pop(module)
   assert y16.dtype == jnp.bfloat16 and y16.shape == (2, 5, Q)
   y32 = module(_x(jnp.bfloat16).astype(jnp.float32))
   np.testing.assert_allclose(np.asarray(y16, np.float32), np.asarray(y32),

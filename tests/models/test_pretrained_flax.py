@@ -43,6 +43,10 @@ def test_official_layout_matches_hf(tmp_path, gen, kv, flat, gating_transposed):
   ours = models.from_pretrained(path, mesh=mesh, model=cfg)
   np.testing.assert_allclose(lib.logits(ours, toks), lib.hf_logits(model, toks),
                              atol=ATOL, rtol=0)
+  if not flat:  # the official tree into scanned layers, too
+    scanned = models.from_pretrained(path, mesh=mesh, model=cfg.replace(scan_layers=True))
+    np.testing.assert_allclose(lib.logits(scanned, toks), lib.logits(ours, toks),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_kaggle_directory_and_errors(tmp_path):

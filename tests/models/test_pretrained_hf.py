@@ -203,3 +203,23 @@ def test_bfloat16_safetensors_load_exactly(tmp_path):
                                 q.T.reshape(lib.D, lib.H, lib.K))
   np.testing.assert_array_equal(np.asarray(ours.layers[1].post_ffw_norm.scale[...], np.float32),
                                 sd["model.layers.1.post_feedforward_layernorm.weight"])
+
+
+def test_scanned_model_loads_every_layout(hf, tmp_path):
+  """HF safetensors and a mode_jax base checkpoint (written by a scanned model,
+  stored looped) load into scanned layers, sharded, with HF's logits and cache."""
+  model, path = hf
+  toks = lib.tokens(b=2, l=10, seed=1)
+  ref = lib.hf_logits(model, toks)
+  cfg = pretrained.read_config(path).replace(scan_layers=True)
+  mesh = sharding.make_mesh(data=2, model=4)
+  ours = models.from_pretrained(path, mesh=mesh, model=cfg)
+  assert ours.layers.attn.q.kernel.shape[0] == cfg.num_layers  # stacked
+  np.testing.assert_allclose(lib.logits(ours, toks), ref, atol=ATOL, rtol=0)
+  np.testing.assert_allclose(lib.decode_logits(ours, toks, prefill=4), ref, atol=ATOL, rtol=0)
+  checkpoints.save_base(str(tmp_path / "base"), ours)
+  looped = models.from_pretrained(str(tmp_path / "base"))
+  assert not looped.config.scan_layers and len(looped.layers) == cfg.num_layers
+  np.testing.assert_allclose(lib.logits(looped, toks), ref, atol=ATOL, rtol=0)
+  again = models.from_pretrained(str(tmp_path / "base"), model=cfg)
+  np.testing.assert_allclose(lib.logits(again, toks), ref, atol=ATOL, rtol=0)
