@@ -155,9 +155,9 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
                     tokens_per_sec=float(tokens_since) / max(now - t_last, 1e-9),
                     eta_sec=(train_steps - step) / max(sps, 1e-9))
         log.write(step, {**last, "routing": metrics["routing"]},
-                  console_keys=["loss", "aux_loss", "learning_rate", "grad_norm",
-                                "tokens_per_sec", "steps_per_sec", "eta_sec",
-                                "routing/mean_entropy"])
+                  console_keys=["loss"] + (["aux_loss"] if adapter.aux_loss_weight else []) +
+                  ["learning_rate", "grad_norm", "tokens_per_sec", "steps_per_sec", "eta_sec",
+                   "routing/mean_entropy"])
         t_last, steps_since = now, 0
         tokens_since = jnp.zeros((), jnp.float32)
       ckpt.save(step, state, data.state(), config_text, force=final)
