@@ -11,6 +11,12 @@ latest eval/validation_metrics_<step>.json) and writes:
   summary.md                  mean and std of ROUGE-L over seeds per setting
   heatmap_<method>.png        ROUGE-L over experts x rank (methods with m)
   rougeL_vs_params.png        ROUGE-L against % added parameters per method
+  pairs_<split>.md            when runs hold per-instance predictions_<split>.jsonl
+                              (the study gin writes them): every pair of methods,
+                              mean ROUGE-L difference with a paired bootstrap 95% CI
+                              and the task win rate with an exact sign test
+                              (mode_jax.experiments.study; scripts/study.py adds
+                              the unseen tasks, the frozen base and routing)
 Runs without metrics yet are listed with empty cells. Seconds, no model.
 """
 
@@ -23,6 +29,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mode_jax.experiments import plots  # noqa: E402
+from mode_jax.experiments import rundirs  # noqa: E402
+from mode_jax.experiments import stats  # noqa: E402
+from mode_jax.experiments import study  # noqa: E402
 from mode_jax.experiments import tables  # noqa: E402
 
 SUMMARY_COLUMNS = ("label", "lr", "seeds", "trainable", "percent_added", "rougeL_mean",
@@ -49,6 +58,14 @@ def collect(root: str, out: str | None = None) -> dict:
   path = os.path.join(out, "rougeL_vs_params.png")
   if plots.versus_params(rows, path):
     files["versus_params"] = path
+  runs = [rundirs.load_run(d) for d in rundirs.find_runs(root)]
+  for split in study.SPLITS:
+    methods = study.runs_by_method(runs, split)
+    if len(methods) > 1:
+      files[f"pairs_{split}"] = os.path.join(out, f"pairs_{split}.md")
+      with open(files[f"pairs_{split}"], "w") as f:
+        f.write(study.method_markdown(study.method_rows(methods)) + "\n" +
+                study.pairs_markdown(stats.all_pairs(methods)))
   return {"rows": rows, "summary": summary, "files": files}
 
 

@@ -74,3 +74,15 @@ def test_study_report_tables(tmp_path):
                                                        "Question Answering": list(QA)}
   assert open(report["routing"][0]["figure"], "rb").read(4) == b"\x89PNG"
   assert "## seen tasks" in text and "## unseen tasks" in text and "| run | tasks |" in text
+
+
+def test_collect_writes_pair_tables_when_runs_hold_predictions(tmp_path, scripts):
+  keys = [(t, f"{t}-{i}") for t in QA for i in range(3)]
+  for method, spec, score in [("lora", {"rank": 8}, 10.0), ("mode", {"experts": 2, "rank": 4,
+                                                                     "expert_rank": 1}, 12.0)]:
+    d = fake_run(tmp_path / f"{method}_s0", {"method": method, "seed": 0, **spec}, {"t": 1.0})
+    _predictions(d, "validation", {k: score for k in keys})
+  files = scripts("collect").collect(str(tmp_path))["files"]
+  text = open(files["pairs_validation"]).read()
+  assert "| LoRA 8 | MoDE 2x4 | **-2.00** | [-2.00, -2.00] | 6 | 0-2 (0) | 0% | 0.5 |" in text
+  assert "pairs_test" not in files
