@@ -13,6 +13,7 @@ Steps (each skipped when its outputs exist, so an interrupted study resumes):
   3. every run, and the frozen base alone, evaluated on the 10 test-split
      tasks ("unseen", never trained on by anyone);
   4. routing of every MoDE run (scripts/routing.py) on the seen tasks;
+  steps 2-4 go run by run, seed 0 of every method first;
   5. the report ROOT/report/: collect.py's tables and plots, per-method
      tables, every pair of methods (mean ROUGE-L difference with a paired
      bootstrap 95% CI over instances, seeds resampled; task win rate with an
@@ -34,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mode_jax.experiments import backends  # noqa: E402
 from mode_jax.experiments import presets  # noqa: E402
 from mode_jax.experiments import rundirs  # noqa: E402
+from mode_jax.experiments import study as study_lib  # noqa: E402
 
 REPO = backends.REPO
 
@@ -60,39 +62,40 @@ def _run(argv, log_path, env) -> int:
     return subprocess.call(argv, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
 
-def evaluate_everywhere(jobs, base: backends.Job, python: str, log=print) -> None:
-  """Seen (validation) for the base; unseen (test) for the base and every finished run."""
+def evaluate_split(job: backends.Job, split: str, python: str, log=print) -> None:
+  """One evaluation of a job on `split` (validation: seen, test: unseen), unless done."""
+  if rundirs.eval_files(job.model_dir, split):
+    return
+  os.makedirs(job.model_dir, exist_ok=True)
+  argv = (unseen_job_argv(job, python) if split == "test" else
+          backends.entry_argv(backends.EVAL_MODULE, job, python))
   env = dict(os.environ)
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  os.makedirs(base.model_dir, exist_ok=True)
-  todo = [(base, "validation", backends.entry_argv(backends.EVAL_MODULE, base, python))]
-  todo += [(j, "test", unseen_job_argv(j, python)) for j in [base] + list(jobs)
-           if j is base or rundirs.train_done(j.model_dir)]
-  for job, split, argv in todo:
-    if rundirs.eval_files(job.model_dir, split):
-      continue
-    t = time.time()
-    log(f"{job.model_dir}: eval {split}")
-    rc = _run(argv, os.path.join(job.model_dir, f"eval_{split}.log"), env)
-    times = rundirs.read_json(os.path.join(job.model_dir, rundirs.TIMES_FILE), {})
-    times[f"eval_{split}_seconds"] = time.time() - t
-    rundirs.write_json(os.path.join(job.model_dir, rundirs.TIMES_FILE), times)
-    if rc:
-      log(f"{job.model_dir}: eval {split} FAILED (exit {rc}), see eval_{split}.log")
+  t = time.time()
+  log(f"{job.model_dir}: eval {split}")
+  rc = _run(argv, os.path.join(job.model_dir, f"eval_{split}.log"), env)
+  times = rundirs.read_json(os.path.join(job.model_dir, rundirs.TIMES_FILE), {})
+  times[f"eval_{split}_seconds"] = time.time() - t
+  rundirs.write_json(os.path.join(job.model_dir, rundirs.TIMES_FILE), times)
+  if rc:
+    log(f"{job.model_dir}: eval {split} FAILED (exit {rc}), see eval_{split}.log")
 
 
-def routing_runs(jobs, python: str, log=print) -> None:
-  """scripts/routing.py on every trained mixture run without routing/routing.json."""
-  for j in jobs:
-    if j.point.method != "mode" or not rundirs.train_done(j.model_dir):
-      continue
-    if os.path.exists(os.path.join(j.model_dir, "routing", "routing.json")):
-      continue
-    log(f"{j.model_dir}: routing")
-    rc = _run([python, os.path.join(REPO, "scripts", "routing.py"), j.model_dir],
-              os.path.join(j.model_dir, "routing.log"), dict(os.environ))
-    if rc:
-      log(f"{j.model_dir}: routing FAILED (exit {rc}), see routing.log")
+def routing_run(job: backends.Job, python: str, log=print) -> None:
+  """scripts/routing.py on a trained MoDE run without routing/routing.json."""
+  if job.point.method != "mode" or not rundirs.train_done(job.model_dir):
+    return
+  if os.path.exists(os.path.join(job.model_dir, "routing", "routing.json")):
+    return
+  log(f"{job.model_dir}: routing")
+  t = time.time()
+  rc = _run([python, os.path.join(REPO, "scripts", "routing.py"), job.model_dir],
+            os.path.join(job.model_dir, "routing.log"), dict(os.environ))
+  times = rundirs.read_json(os.path.join(job.model_dir, rundirs.TIMES_FILE), {})
+  times["routing_seconds"] = time.time() - t
+  rundirs.write_json(os.path.join(job.model_dir, rundirs.TIMES_FILE), times)
+  if rc:
+    log(f"{job.model_dir}: routing FAILED (exit {rc}), see routing.log")
 
 
 def main(argv=None) -> int:
@@ -121,9 +124,14 @@ def main(argv=None) -> int:
   log = lambda s: print(s, flush=True)  # noqa: E731
   if not args.report_only:
     log(f"study: {len(jobs)} runs under {root}; base {base}")
-    backends.run_local(jobs, args.python, log=log)
-    evaluate_everywhere(jobs, base_job(root, gin_files, base), args.python, log)
-    routing_runs(jobs, args.python, log)
+    for split in study_lib.SPLITS:  # the frozen base alone, the reference
+      evaluate_split(base_job(root, gin_files, base), split, args.python, log)
+    # Run by run (seed 0 of every method first), so a partial study is usable.
+    for job in jobs:
+      backends.run_local([job], args.python, log=log)
+      if rundirs.train_done(job.model_dir):
+        evaluate_split(job, "test", args.python, log)
+        routing_run(job, args.python, log)
   from mode_jax.experiments import study_report  # pylint: disable=g-import-not-at-top
   out = study_report.write(root, sni_dir)
   log(open(out["markdown"]).read())

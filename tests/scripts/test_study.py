@@ -86,3 +86,20 @@ def test_collect_writes_pair_tables_when_runs_hold_predictions(tmp_path, scripts
   text = open(files["pairs_validation"]).read()
   assert "| LoRA 8 | MoDE 2x4 | **-2.00** | [-2.00, -2.00] | 6 | 0-2 (0) | 0% | 0.5 |" in text
   assert "pairs_test" not in files
+
+
+def test_study_script_jobs(scripts, tmp_path):
+  mod = scripts("study")
+  from mode_jax.experiments import backends
+  from mode_jax.experiments import presets
+  base = mod.base_job(str(tmp_path), presets.STUDY_GIN, "/ckpt/base")
+  assert base.model_dir == str(tmp_path / "base_only")
+  assert "evaluate.adapter=None" in base.bindings and 'BASE_CHECKPOINT="/ckpt/base"' in base.bindings
+  assert base.gin_files == ("experiments/study_cpu_tiny.gin", "adapters/lora.gin")
+  pts = presets.expand("study")
+  assert [p.seed for p in pts] == [0] * 4 + [1] * 4 + [2] * 4  # seed 0 of every method first
+  job = backends.make_job(pts[3], str(tmp_path), presets.STUDY_GIN, (), "/ckpt/base")
+  argv = mod.unseen_job_argv(job, "python")
+  assert argv[:3] == ["python", "-m", "mode_jax.eval"]
+  assert argv[-2:] == ['--gin_bindings=evaluate.split="test"',
+                       '--gin_bindings=evaluate.predictions_file="predictions_test.jsonl"']
