@@ -283,3 +283,14 @@ def test_base_checkpoint_mismatch_names_the_parameter(tmp_path):
   checkpoints.restore_base(str(tmp_path / "base"), adapted)
   toks = jax.random.randint(jax.random.key(0), (1, 5), 0, cfg.vocab_size)
   np.testing.assert_allclose(adapted(toks), models.build_model(cfg)(toks), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_console_shows_aux_loss_only_when_there_is_one(tmp_path, capsys):
+  _train(str(tmp_path / "dense"), str(tmp_path / "cache"), 1)
+  line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[step 1]")][0]
+  assert "loss=" in line and "aux_loss" not in line
+  _train(str(tmp_path / "topk"), str(tmp_path / "cache"), 1,
+         ["adapters.AdapterConfig.top_k = 2", "adapters.AdapterConfig.aux_loss_weight = 0.01"])
+  line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[step 1]")][0]
+  assert "aux_loss=" in line
