@@ -1,13 +1,16 @@
 """The embedded default, end to end on a laptop CPU: `python -m mode_jax.quickstart`.
 
 1. Base: a tiny Gemma-architecture model (4 layers, d_model 128) trained in
-   full for a few hundred steps on the bundled SNI sample, so that the frozen
-   base is a (weak) language model of this data rather than random noise.
-   Its base checkpoint is cached under `~/.cache/mode_jax/` and reused.
-2. MoDE adapters trained on the frozen base (`configs/experiments/
-   quickstart_tiny.gin`), with periodic checkpoints.
-3. Greedy-decode evaluation on the held-out 10% of every task (ROUGE-L,
-   exact match), 4. export of the adapters, 5. a results table.
+   full for a few hundred steps on the 26 SNI tasks of BASE_SNI_DIR
+   (`data/sni_full_sample/base`), so that the frozen base is a (weak)
+   language model of instruction data rather than random noise, and has
+   never seen the adapters' tasks. Its base checkpoint is cached under
+   `~/.cache/mode_jax/` and reused.
+2. MoDE adapters trained on the frozen base on the 27 other tasks of SNI_DIR
+   (`configs/experiments/quickstart_tiny.gin`), with periodic checkpoints.
+3. Greedy-decode evaluation on the held-out 10% of the adapters' tasks
+   (ROUGE-L, exact match), for the adapters and for the frozen base alone,
+   4. export of the adapters, 5. a results table.
 
 Flags: --gin_file / --gin_bindings as every entry point (defaults to the
 quickstart experiment), --base_steps, --model_dir.
@@ -19,6 +22,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -39,8 +43,44 @@ DEFAULT_GIN = "experiments/quickstart_tiny.gin"
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "mode_jax", "quickstart_base")
 
 
+# Warnings that the quickstart replaces by one line of its own: a partial SNI
+# copy (logged at every registration), and the random initial base of the
+# base stage (which it trains on purpose).
+_PARTIAL_COPY = ("requested tasks are missing", "requested tasks missing",
+                 "has no tasks; not registered")
+_RANDOM_BASE = ("no BASE_CHECKPOINT",)
+
+
+class _Quiet(logging.Filter):
+  """Drops log records whose message contains one of `phrases`."""
+
+  def __init__(self, phrases):
+    super().__init__()
+    self.phrases = tuple(phrases)
+
+  def filter(self, record):
+    msg = record.getMessage()
+    return not any(p in msg for p in self.phrases)
+
+
 def _q(name):
   return launch.query(name)
+
+
+def _macro(name: str, default):
+  """The value of gin macro `name` (default when the gin files do not define it)."""
+  try:
+    return _q(f"%{name}")
+  except ValueError:
+    return default
+
+
+def _data_line(sni_dir: str, base_sni_dir: str, adapter_tasks, base_tasks) -> str:
+  from mode_jax.data import sni  # pylint: disable=g-import-not-at-top
+  listed = len(sni.read_split(sni_dir, "train"))
+  return (f"== data: base pretrained on {len(base_tasks)} tasks ({base_sni_dir}), adapters "
+          f"on {len(adapter_tasks)} other tasks ({sni_dir}); partial SNI copies: "
+          f"{len(base_tasks) + len(adapter_tasks)} of the {listed} train-split tasks present")
 
 
 def build_base(model_cfg, mixture: str, lengths: dict, steps: int, batch_size: int,
@@ -48,7 +88,12 @@ def build_base(model_cfg, mixture: str, lengths: dict, steps: int, batch_size: i
   """Trains the whole base model (no adapters) and writes a base checkpoint."""
   from mode_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh()
-  model = experiment.build_model(model_cfg, None, mesh, seed=seed)
+  quiet = _Quiet(_RANDOM_BASE)  # the base is random at first, on purpose
+  logging.getLogger().addFilter(quiet)
+  try:
+    model = experiment.build_model(model_cfg, None, mesh, seed=seed)
+  finally:
+    logging.getLogger().removeFilter(quiet)
   graphdef, params, astate, frozen = trainer.split_model(model, nnx.Param)
   tx, schedule = optim.make_optimizer(
       optim.OptimizerConfig(name="adamw", learning_rate=3e-3, schedule="cosine",
@@ -79,6 +124,40 @@ def _base_dir(model_cfg, mixture, lengths, steps, batch, sni_dir) -> str:
   return os.path.join(CACHE, hashlib.sha256(key.encode()).hexdigest()[:12])
 
 
+def base_sni_dir() -> str:
+  """The base's SNI root: gin macro BASE_SNI_DIR, else SNI_DIR (the parsed gin files')."""
+  return _macro("BASE_SNI_DIR", None) or _q("train.sni_dir")
+
+
+def prepared_base(base_steps: int, build: bool = True) -> str:
+  """The cached base checkpoint of the parsed gin files; trains it first if absent.
+
+  The base is trained in full on the mixture `train.mixture_or_task_name` of
+  BASE_SNI_DIR, with the model, lengths and batch of the gin files, which
+  (with the step count and the task files present) key the cache.
+
+  Args:
+    base_steps: full-parameter steps of the base.
+    build: train the base when it is not cached.
+
+  Returns:
+    The base checkpoint directory (absent when not cached and not `build`).
+  """
+  model_cfg = experiment.model_config(_q("train.model"))
+  lengths, mixture = _q("train.task_feature_lengths"), _q("train.mixture_or_task_name")
+  batch, sni_dir = _q("train.batch_size"), base_sni_dir()
+  path = _base_dir(model_cfg, mixture, lengths, base_steps, batch, sni_dir)
+  if checkpoints.is_base_checkpoint(path):
+    print(f"== base model: cached {path}", flush=True)
+  elif build:
+    print(f"== base model: {base_steps} full-parameter steps on {sni_dir} -> {path}", flush=True)
+    # Registers the base's tasks as the mixture; train() later registers
+    # SNI_DIR's tasks under the same mixture name for the adapters.
+    train_lib.register_data(sni_dir, None, None, True, None, lengths)
+    build_base(model_cfg, mixture, lengths, base_steps, batch, path)
+  return path
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--gin_file", action="append", default=None)
@@ -87,30 +166,30 @@ def main(argv=None):
   ap.add_argument("--base_steps", type=int, default=300)
   args = ap.parse_args(sys.argv[1:] if argv is None else argv)
   t0 = time.time()
+  quiet = _Quiet(_PARTIAL_COPY)  # replaced by the one `== data:` line below
+  logging.getLogger().addFilter(quiet)
+  try:
+    _run(args, t0)
+  finally:
+    logging.getLogger().removeFilter(quiet)
+
+
+def _run(args, t0):
+  from mode_jax.data import sni  # pylint: disable=g-import-not-at-top
   bindings = [f"MODEL_DIR = '{args.model_dir}'"] + args.gin_bindings
   launch.parse_gin(args.gin_file or [DEFAULT_GIN], bindings)
   model_cfg = experiment.model_config(_q("train.model"))
   lengths = _q("train.task_feature_lengths")
   sni_dir = _q("train.sni_dir")
-  mixture = _q("train.mixture_or_task_name")
-  batch = _q("train.batch_size")
-  # Registers the SNI tasks (train/eval splits, prompts, vocabulary).
-  train_lib.register_data(sni_dir, None, None, True, None, lengths)
-
-  base = _q("train.base_checkpoint")
-  if not base:
-    base = _base_dir(model_cfg, mixture, lengths, args.base_steps, batch, sni_dir)
-    if checkpoints.is_base_checkpoint(base):
-      print(f"== base model: cached {base}", flush=True)
-    else:
-      print(f"== base model: {args.base_steps} full-parameter steps -> {base}", flush=True)
-      build_base(model_cfg, mixture, lengths, args.base_steps, batch, base)
+  print(_data_line(sni_dir, base_sni_dir(), sni.list_tasks(sni_dir, allow_missing=True),
+                   sni.list_tasks(base_sni_dir(), allow_missing=True)), flush=True)
+  base = _q("train.base_checkpoint") or prepared_base(args.base_steps)
   t_base = time.time()
 
   print("== MoDE adapters on the frozen base", flush=True)
   summary = launch.call_configured(lambda: train_lib.train(base_checkpoint=base))
   t_train = time.time()
-  print("== evaluation on held-out instances", flush=True)
+  print("== evaluation on held-out instances of the adapters' tasks", flush=True)
   adapter = _q("train.adapter")
   metrics = eval_lib.evaluate(
       model_dir=args.model_dir, model=model_cfg, adapter=adapter,
@@ -127,7 +206,8 @@ def main(argv=None):
 
 def _report(summary, metrics, base_metrics, export_dir, model_dir, t0, t_base, t_train):
   p = summary["params"]
-  print("\n## Quickstart results (held-out instances of the seen tasks)\n")
+  print("\n## Quickstart results (held-out instances of the adapters' tasks, which the base "
+        "never saw)\n")
   print("| task | base ROUGE-L | MoDE ROUGE-L | MoDE exact match |\n|---|---|---|---|")
   for t, m in metrics["per_task"].items():
     b = base_metrics["per_task"][t]
@@ -135,6 +215,9 @@ def _report(summary, metrics, base_metrics, export_dir, model_dir, t0, t_base, t
   o, bo = metrics["overall"], base_metrics["overall"]
   print(f"| **overall** ({metrics['num_examples']} examples) | {bo['rougeL']:.2f} | "
         f"**{o['rougeL']:.2f}** | **{o['exact_match']:.2f}** |\n")
+  better = sum(m["rougeL"] > base_metrics["per_task"][t]["rougeL"]
+               for t, m in metrics["per_task"].items())
+  print(f"MoDE above the frozen base on {better} of {len(metrics['per_task'])} tasks")
   final = summary["final"]
   print(f"trainable parameters: {p['trainable']:,} ({p['percent_of_base']:.2f}% of the base's "
         f"non-embedding parameters)")

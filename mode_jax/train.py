@@ -92,9 +92,9 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
                      f"{train_steps}, {batch_size}, {micro_batches}")
   if adapter is None:
     raise ValueError("ADAPTER is required for training (the base is frozen)")
-  files.check_writable_dir(model_dir, "MODEL_DIR")
   mesh_ = experiment.make_mesh(mesh)
   sharding.check_batch(batch_size, micro_batches, mesh_)
+  files.check_writable_dir(model_dir, "MODEL_DIR")
   registration = register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir,
                                 task_feature_lengths)
   tasks.require_examples(mixture_or_task_name)  # Registered, with examples, files valid.
@@ -184,9 +184,9 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
                     tokens_per_sec=float(tokens_since) / max(now - t_last, 1e-9),
                     eta_sec=(train_steps - step) / max(sps, 1e-9))
         log.write(step, {**last, "routing": metrics["routing"]},
-                  console_keys=["loss", "aux_loss", "learning_rate", "grad_norm",
-                                "tokens_per_sec", "steps_per_sec", "eta_sec",
-                                "routing/mean_entropy"])
+                  console_keys=["loss"] + (["aux_loss"] if adapter.aux_loss_weight else []) +
+                  ["learning_rate", "grad_norm", "tokens_per_sec", "steps_per_sec", "eta_sec",
+                   "routing/mean_entropy"])
         t_last, steps_since = now, 0
         tokens_since = jnp.zeros((), jnp.float32)
       lock.check()

@@ -12,6 +12,12 @@ latest eval/validation_metrics_<step>.json) and writes:
   summary.md                  mean and std of ROUGE-L over seeds per setting
   heatmap_<method>.png        ROUGE-L over experts x rank (methods with m)
   rougeL_vs_params.png        ROUGE-L against % added parameters per method
+  pairs_<split>.md            when runs hold per-instance predictions_<split>.jsonl
+                              (the study gin writes them): every pair of methods,
+                              mean ROUGE-L difference with a paired bootstrap 95% CI
+                              and the task win rate with an exact sign test
+                              (mode_jax.experiments.study; scripts/study.py adds
+                              the unseen tasks, the frozen base and routing)
 Runs without metrics yet are listed with empty cells. Seconds, no model.
 """
 
@@ -26,6 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mode_jax import files  # noqa: E402
 from mode_jax.experiments import plots  # noqa: E402
+from mode_jax.experiments import rundirs  # noqa: E402
+from mode_jax.experiments import stats  # noqa: E402
+from mode_jax.experiments import study  # noqa: E402
 from mode_jax.experiments import tables  # noqa: E402
 
 SUMMARY_COLUMNS = ("label", "lr", "seeds", "trainable", "percent_added", "rougeL_mean",
@@ -56,6 +65,15 @@ def collect(root: str, out: str | None = None) -> dict:
         written[f"heatmap_{method}"] = name
     if plots.versus_params(rows, os.path.join(local, "rougeL_vs_params.png")):
       written["versus_params"] = "rougeL_vs_params.png"
+    runs = [rundirs.load_run(d) for d in rundirs.find_runs(root)]
+    for split in study.SPLITS:
+      methods = study.runs_by_method(runs, split)
+      if len(methods) > 1:
+        name = f"pairs_{split}.md"
+        with open(os.path.join(local, name), "w") as f:
+          f.write(study.method_markdown(study.method_rows(methods)) + "\n" +
+                  study.pairs_markdown(stats.all_pairs(methods)))
+        written[f"pairs_{split}"] = name
     if local != out:
       for name in written.values():
         files.copy(os.path.join(local, name), files.join(out, name))

@@ -319,3 +319,14 @@ def test_batch_that_cannot_split_over_the_mesh_fails_at_start_up(tmp_path, batch
     _train(str(tmp_path / "run"), str(tmp_path / "cache"), 1,
            [f"BATCH_SIZE = {batch}", f"train.micro_batches = {micro}", "SNI_DIR = '/nonexistent'"])
   assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_console_shows_aux_loss_only_when_there_is_one(tmp_path, capsys):
+  _train(str(tmp_path / "dense"), str(tmp_path / "cache"), 1)
+  line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[step 1]")][0]
+  assert "loss=" in line and "aux_loss" not in line
+  _train(str(tmp_path / "topk"), str(tmp_path / "cache"), 1,
+         ["adapters.AdapterConfig.top_k = 2", "adapters.AdapterConfig.aux_loss_weight = 0.01"])
+  line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[step 1]")][0]
+  assert "aux_loss=" in line

@@ -31,6 +31,9 @@ from mode_jax.experiments import points as points_lib
 
 PAPER_GIN = ["experiments/sweep_gemma_2b.gin"]
 CPU_GIN = ["experiments/sweep_cpu_tiny.gin"]
+# The study protocol: base pretrained on tasks disjoint from the adapters'
+# (data/sni_full_sample/README.md), seen and unseen tasks (scripts/study.py).
+STUDY_GIN = ["experiments/study_cpu_tiny.gin"]
 CPU_BUDGET = {"point": {"method": "mode", "experts": 8, "rank": 4, "expert_rank": 1}}
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -88,6 +91,20 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"method": "mode", "experts": 8, "rank": 4, "expert_rank": 1},
         ],
         "seeds": [0, 1],
+    },
+    "study": {
+        "doc": "CPU study (scripts/study.py): tiny base pretrained on 26 tasks, adapters on 27 "
+               "other tasks, 10 unseen test tasks; LoRA, MoLoRA, MoLoRA-SD, MoDE at the budget "
+               "of MoDE 8x4 (rank / m solved by count_params), 3 seeds.",
+        "model": "tiny_quickstart", "gin_files": STUDY_GIN, "base": "quickstart",
+        "budget": CPU_BUDGET,
+        "points": [
+            {"method": "lora", "rank": 4, "vary": "rank"},
+            {"method": "molora", "experts": 4, "rank": 4, "vary": "rank"},
+            {"method": "molora_sd", "experts": 8, "rank": 4, "vary": "rank"},
+            {"method": "mode", "experts": 8, "rank": 4, "expert_rank": 1},
+        ],
+        "seeds": [0, 1, 2],
     },
     "cpu_rankwise": {
         # Rank-wise mixtures (METHODS.md extensions) beside LoRA and MoDE at the
