@@ -76,7 +76,8 @@ def markdown(report: dict) -> str:
               "seed-mean difference; 95% CI: paired percentile bootstrap over instances with "
               "each method's seeds resampled too (10,000 resamples, seed 0); bold: the CI "
               "excludes 0. Task level: per-task means over instances and seeds, ties dropped, "
-              "exact two-sided sign test.", "", study.pairs_markdown(sec["pairs"])]
+              "exact two-sided sign test.", "",
+              study.pairs_markdown(sec["pairs"]) if sec["pairs"] else "(no pairs yet)\n"]
   if report["routing"]:
     lines += ["## MoDE routing by task category", "",
               "Distance of two tasks: total-variation distance of their mean expert loads, "
