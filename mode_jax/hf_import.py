@@ -24,11 +24,11 @@ import os
 import jax
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
 
 from mode_jax import adapters as adapters_lib
 from mode_jax import checkpoints
 from mode_jax import export as export_lib
+from mode_jax import files
 from mode_jax import hf_export
 from mode_jax import sharding
 from mode_jax import trainer
@@ -76,8 +76,9 @@ def read_peft(path: str, cfg: config_lib.ModelConfig
     raise ValueError(f"{cfile}: r={rank!r} and lora_alpha={alpha!r} must be a positive int "
                      "and a number")
   ours = {hf: path for path, hf in hf_export.hf_modules(cfg).items()}
-  with safe_open(wfile, framework="np") as f:  # bfloat16 too (hf_layout's reader)
-    tensors = {name: hf_layout._read(f, wfile, name) for name in f.keys()}  # pylint: disable=protected-access
+  st = hf_layout.SafeTensors(wfile)  # bfloat16 too, local or gs:// (the path layer)
+  with files.open_file(wfile, "rb") as f:
+    tensors = {name: st.read(f, name) for name in st.keys()}
   arrays: dict[str, dict[str, np.ndarray]] = {}
   for name, x in tensors.items():
     module, _, kind = name.removeprefix(hf_export.PEFT_PREFIX).rpartition(".lora_")
