@@ -220,16 +220,17 @@ class RunCheckpointer:
     "adapter_state"}; the adapters and the optimizer state are separate
     items so evaluation can read the adapters alone. `data` is this
     process's `BatchIterator`; its state is written before `save` returns.
+    None writes no data item: such a step serves evaluation and export, and
+    `restore` (resuming training) refuses it.
     """
     adapters = {k: v for k, v in state.items() if k != "opt_state"}
-    return self.manager.save(
-        step, args=ocp.args.Composite(
-            adapters=ocp.args.StandardSave(adapters),
-            opt_state=ocp.args.StandardSave(state["opt_state"]),
-            data=DataSave(data),
-            config=ocp.args.JsonSave({"gin": config,
-                                      "layers": stacking.layout_of(state["params"])})),
-        force=force)
+    items = {"adapters": ocp.args.StandardSave(adapters),
+             "opt_state": ocp.args.StandardSave(state["opt_state"]),
+             "config": ocp.args.JsonSave({"gin": config,
+                                          "layers": stacking.layout_of(state["params"])})}
+    if data is not None:
+      items["data"] = DataSave(data)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def _step(self, step):
     step = self.latest_step() if step is None else step

@@ -30,7 +30,7 @@ def run(tmp_path_factory):
   params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.2, s.shape), s.dtype), params)
   state = dict(trainer.init_state(params, astate, optax.sgd(0.1)), step=jnp.int32(3))
   ckpt = checkpoints.RunCheckpointer(d, async_save=False)
-  ckpt.save(3, state, {"batches": 3}, "TRAIN_STEPS = 3", force=True)
+  ckpt.save(3, state, None, "TRAIN_STEPS = 3", force=True)
   ckpt.close()
   return d, nnx.to_pure_dict(params)
 

@@ -167,13 +167,13 @@ def test_run_checkpoint_names_its_layout_and_refuses_the_other(tmp_path):
     tx, _ = optim.make_optimizer(optim.OptimizerConfig(), 10)
     states[scan] = trainer.init_state(params, astate, tx)
   ck = checkpoints.RunCheckpointer(str(tmp_path), async_save=False)
-  ck.save(1, states[True], {}, force=True)
+  ck.save(1, states[True], None, force=True)
   ck.wait()
   got = ck.restore_adapters(checkpoints.abstract_like(
       {k: v for k, v in states[True].items() if k != "opt_state"}))
   assert stacking.layout_of(got["params"]) == "scanned"
   with pytest.raises(ValueError, match="holds scanned layers but the model has looped"):
-    ck.restore(checkpoints.abstract_like(states[False]))
+    ck.restore(checkpoints.abstract_like(states[False]), None)
   ck.close()
 
 
