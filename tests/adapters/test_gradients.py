@@ -75,7 +75,11 @@ def test_gradients_reach_every_adapter_param(kind, p):
   shift = lambda sign: jax.tree.map(lambda a, v: a + sign * eps * v, params, d)
   loss_jit = jax.jit(loss)
   numeric = (float(loss_jit(shift(1), x)) - float(loss_jit(shift(-1), x))) / (2 * eps)
-  assert numeric == pytest.approx(analytic, rel=1e-3, abs=1e-3)
+  # A float32 central difference at eps=1e-2 carries about 1e-3 of its own
+  # error (truncation plus the loss's float32 rounding over 2 * eps); 1e-3
+  # failed on main on some CPUs (0.99487 vs 0.99648), a wrong gradient is off
+  # by far more.
+  assert numeric == pytest.approx(analytic, rel=5e-3, abs=5e-3)
 
 
 @pytest.mark.parametrize("kind", ["lora", "molora", "molora_sd", "mode"])
