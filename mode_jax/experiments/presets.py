@@ -35,6 +35,13 @@ CPU_GIN = ["experiments/sweep_cpu_tiny.gin"]
 # (data/sni_full_sample/README.md), seen and unseen tasks (scripts/study.py).
 STUDY_GIN = ["experiments/study_cpu_tiny.gin"]
 CPU_BUDGET = {"point": {"method": "mode", "experts": 8, "rank": 4, "expert_rank": 1}}
+# The four methods at one matched budget (rank / m solved by count_params).
+CPU_POINTS = [
+    {"method": "lora", "rank": 4, "vary": "rank"},
+    {"method": "molora", "experts": 4, "rank": 4, "vary": "rank"},
+    {"method": "molora_sd", "experts": 8, "rank": 4, "vary": "rank"},
+    {"method": "mode", "experts": 8, "rank": 4, "expert_rank": 1},
+]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "main_table": {
@@ -84,12 +91,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                "MoDE 8x4 (rank / m solved by count_params), 2 seeds.",
         "model": "tiny_quickstart", "gin_files": CPU_GIN, "base": "quickstart",
         "budget": CPU_BUDGET,
-        "points": [
-            {"method": "lora", "rank": 4, "vary": "rank"},
-            {"method": "molora", "experts": 4, "rank": 4, "vary": "rank"},
-            {"method": "molora_sd", "experts": 8, "rank": 4, "vary": "rank"},
-            {"method": "mode", "experts": 8, "rank": 4, "expert_rank": 1},
-        ],
+        "points": CPU_POINTS,
         "seeds": [0, 1],
     },
     "study": {
@@ -98,12 +100,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                "of MoDE 8x4 (rank / m solved by count_params), 3 seeds.",
         "model": "tiny_quickstart", "gin_files": STUDY_GIN, "base": "quickstart",
         "budget": CPU_BUDGET,
-        "points": [
-            {"method": "lora", "rank": 4, "vary": "rank"},
-            {"method": "molora", "experts": 4, "rank": 4, "vary": "rank"},
-            {"method": "molora_sd", "experts": 8, "rank": 4, "vary": "rank"},
-            {"method": "mode", "experts": 8, "rank": 4, "expert_rank": 1},
-        ],
+        "points": CPU_POINTS,
         "seeds": [0, 1, 2],
     },
     "cpu_rankwise": {
