@@ -190,7 +190,8 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
         t_last, steps_since = now, 0
         tokens_since = jnp.zeros((), jnp.float32)
       lock.check()
-      ckpt.save(step, state, data, config_text, force=final)
+      if ckpt.save(step, state, data, config_text, force=final):
+        log.flush()  # a bucket's buffered log lines go out with each checkpoint
       if do_eval:
         _evaluate(evaluator, state, frozen, model_dir, step, eval_log)
   ckpt.close()
