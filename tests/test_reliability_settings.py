@@ -111,7 +111,7 @@ def test_unknown_mixture_is_named_before_the_model(tmp_path, tripwire):
 def test_shipped_experiment_files_pass_the_type_checks(path):
   from mode_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
   files, bindings = [path], ["MODEL_DIR = 'x'", "SNI_DIR = 'y'"]
-  if "sweep" in path:  # Sweeps add each point's adapter file and its macros.
+  if "sweep" in path or "study" in path:  # Sweeps add each point's adapter file and its macros.
     files, bindings = [path, "adapters/mode.gin"], bindings + ["RANK = 4", "EXPERTS = 4"]
   launch.parse_gin(files, bindings)
   for fn, name in ((train_lib.train, "train"), (eval_lib.evaluate, "evaluate")):
