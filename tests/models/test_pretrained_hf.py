@@ -118,8 +118,13 @@ def test_convert_writes_a_base_checkpoint(hf, tmp_path):
                                   model=cfg.replace(name="mine", param_dtype="bfloat16"))
   with pytest.raises(pretrained.PretrainedError, match="holds model .* requested model"):
     models.from_pretrained(dst, model=cfg.replace(num_layers=3))
+  # The requested param_dtype holds the base in bfloat16 (the float32 store is
+  # cast), so the logits agree to bfloat16 rounding, not to float32's ATOL.
+  base_dtypes = {v.dtype for v in jax.tree.leaves(
+      nnx.state(loaded, adapters.FROZEN_BASE))}
+  assert base_dtypes == {jax.numpy.dtype("bfloat16")}
   np.testing.assert_allclose(lib.logits(loaded, toks), lib.hf_logits(model, toks),
-                             atol=ATOL, rtol=0)
+                             atol=3e-2, rtol=0)
 
 
 def _edit(src, dst, fn):
