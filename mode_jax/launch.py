@@ -130,12 +130,14 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
     # tries the working directory first, and a folder there named like a
     # config folder (runs/, models/) derails its package-resource reader.
     os.chdir(CONFIGS_DIR)
-    gin.parse_config_files_and_bindings(paths, list(bindings), finalize_config=True)
+    gin.parse_config_files_and_bindings(paths, [], finalize_config=False)
+    in_files = defined_and_used_macros()[0]  # a file's macro may be overridden
+    gin.parse_config_files_and_bindings([], list(bindings), finalize_config=True)
   except (ValueError, FileNotFoundError, OSError) as e:
     raise SystemExit(f"gin configuration error: {str(e).splitlines()[0]}") from e
   finally:
     os.chdir(cwd)
-  check_macro_bindings(bindings)
+  check_macro_bindings(bindings, in_files)
 
 
 # gin keeps its bindings in `_CONFIG`: {(scope, selector): {param: value}};
@@ -169,8 +171,12 @@ def defined_and_used_macros() -> tuple[set, set]:
   return defined, used
 
 
-def check_macro_bindings(bindings: Sequence[str]) -> None:
+def check_macro_bindings(bindings: Sequence[str], in_files: set = frozenset()) -> None:
   """A binding of a macro no included file uses fails, listing the macros that exist.
+
+  A macro that an included file defines may be overridden even when no
+  binding references it (code may read it directly, e.g. the quickstart's
+  BASE_SNI_DIR); `in_files` are those macros.
 
   Raises:
     SystemExit: naming the macro, the nearest used macro and all used ones.
@@ -178,7 +184,8 @@ def check_macro_bindings(bindings: Sequence[str]) -> None:
   defined, used = defined_and_used_macros()
   for b in bindings:
     m = _BINDING_NAME.match(b)
-    if not m or "." in m.group(1) or m.group(1) in used or m.group(1) not in defined:
+    if (not m or "." in m.group(1) or m.group(1) in used or m.group(1) in in_files
+        or m.group(1) not in defined):
       continue
     name = m.group(1)
     near = difflib.get_close_matches(name, sorted(used), n=1, cutoff=0.6)
