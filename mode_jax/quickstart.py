@@ -27,7 +27,12 @@ import os
 import sys
 import time
 
-from flax import nnx
+# A laptop demo: TensorFlow (the data pipeline) probes for CUDA at start-up and
+# logs its failure on a CPU-only machine as an error; nothing it logs here is
+# actionable. Set TF_CPP_MIN_LOG_LEVEL to see it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from flax import nnx  # noqa: E402
 
 from mode_jax import checkpoints
 from mode_jax import experiment
@@ -165,6 +170,7 @@ def main(argv=None):
   ap.add_argument("--model_dir", default=os.path.join("work_dirs", "quickstart"))
   ap.add_argument("--base_steps", type=int, default=300)
   args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+  launch.default_platform()  # libtpu installed, no TPU: the CPU, without libtpu's probe
   t0 = time.time()
   quiet = _Quiet(_PARTIAL_COPY)  # replaced by the one `== data:` line below
   logging.getLogger().addFilter(quiet)
