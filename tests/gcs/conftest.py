@@ -1,7 +1,9 @@
 """A real GCS-API server on 127.0.0.1 for the bucket tests, started and stopped here.
 
 The server is `gcp-storage-emulator` (in memory) in its own process, on a
-free port. The clients are pointed at it through the environment, restored
+free port, started through emulator_main.py, which makes it answer object
+generations and generation preconditions as GCS does (TensorStore needs
+both). The clients are pointed at it through the environment, restored
 afterwards:
   STORAGE_EMULATOR_HOST     gcsfs (the path layer, `mode_jax.files`)
   TENSORSTORE_GCS_HTTP_URL  TensorStore (Orbax's arrays), with
@@ -106,19 +108,3 @@ def _reset_clients() -> None:
   except ImportError:
     pass
 
-
-# gcp-storage-emulator (not GCS) at times answers TensorStore's OCDBT manifest
-# requests so that TensorStore reports a malformed object generation, wherever
-# Orbax writes to it (a base checkpoint in a fixture, a run checkpoint). Only
-# a failure whose exception names exactly that emulator fault is reported as
-# xfail; every other failure or error in tests/gcs still fails.
-EMULATOR_FAULT = "Malformed StorageGeneration"
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-  outcome = yield
-  rep = outcome.get_result()
-  if rep.failed and call.excinfo is not None and EMULATOR_FAULT in str(call.excinfo.value):
-    rep.outcome = "skipped"
-    rep.wasxfail = f"gcp-storage-emulator fault: {EMULATOR_FAULT!r} (not a GCS behaviour)"

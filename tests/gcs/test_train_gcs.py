@@ -57,28 +57,11 @@ def _env(home):
   return env
 
 
-# gcp-storage-emulator (not GCS) at times answers TensorStore's OCDBT manifest
-# requests so that TensorStore reports "Malformed StorageGeneration" (seen
-# intermittently, then on most runs on 2026-11-30, also on the branch that
-# added these tests). Only that emulator fault retries the sequence, in a
-# fresh run directory, and then xfails; any other failure fails the test.
-EMULATOR_FAULT = "Malformed StorageGeneration"
-
-
 @pytest.fixture(scope="module")
 def trained(gcs, bucket_inputs, tmp_path_factory):
   """Runs the train command, kills it after its first checkpoint, runs it again."""
-  model_dir = files.join(bucket_inputs["sweep"], "run_a")
-  for _ in range(2):
-    out = _train_kill_resume(model_dir, bucket_inputs, tmp_path_factory)
-    if EMULATOR_FAULT not in out.pop("raw"):
-      return out
-    files.path(model_dir).rmtree()  # the faulty attempt, whole: start again
-  # Only this named fault of the emulator is excused (reported as xfail, not
-  # as a pass); every other failure of the sequence fails the tests below.
-  pytest.xfail(f"gcp-storage-emulator answered TensorStore's checkpoint writes with "
-               f"{EMULATOR_FAULT!r} on both attempts (an emulator fault; GCS itself "
-               "returns well-formed generations)")
+  return _train_kill_resume(files.join(bucket_inputs["sweep"], "run_a"), bucket_inputs,
+                            tmp_path_factory)
 
 
 def _train_kill_resume(model_dir, bucket_inputs, tmp_path_factory):
@@ -99,13 +82,11 @@ def _train_kill_resume(model_dir, bucket_inputs, tmp_path_factory):
             "summary": files.exists(files.join(model_dir, "train_summary.json")),
             "steps": checkpoints.RunCheckpointer(model_dir, async_save=False).all_steps()}
   if killed["rc"] != -signal.SIGKILL:
-    return {"model_dir": model_dir, "killed": killed, "rc": None, "log": "",
-            "raw": "".join(first)}
+    return {"model_dir": model_dir, "killed": killed, "rc": None, "log": ""}
   second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
   (tmp_path_factory.getbasetemp() / "train_resumed.log").write_text(second.stdout + second.stderr)
   return {"model_dir": model_dir, "killed": killed, "rc": second.returncode,
-          "log": second.stdout + _errors(second.stderr),
-          "raw": "".join(first) + second.stdout + second.stderr}
+          "log": second.stdout + _errors(second.stderr)}
 
 
 def _errors(log: str) -> str:
