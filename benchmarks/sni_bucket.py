@@ -2,9 +2,12 @@
 
 Run (starts its own GCS emulator on 127.0.0.1; the bucket is in memory):
 
-    python benchmarks/sni_bucket.py [--sni_dir data/sni_sample] [--hosts 4]
+    python benchmarks/sni_bucket.py [--sni_dir data/sni_sample] [--hosts 4] [--select_only]
 
-For every train task of the sample, cold (fresh cache directories), it
+First it counts the requests the bucket server answers while
+`sni.select_tasks` picks the train split's tasks (the split file names 756
+tasks; the sample holds 20 of them). `--select_only` stops there.
+Then, for every train task of the sample, cold (fresh cache directories), it
 measures on one process:
   1. reading the task files from the bucket (the JSON only);
   2. preparing the whole task (parse, prompts, tokenize, TFRecord), as one
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -32,15 +36,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def _emulator():
+def _emulator(log):
+  """The emulator on a free port; it logs one line per request it answers into `log`."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   url = f"http://127.0.0.1:{port}"
-  proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start",
+  main_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
+                         "gcs", "emulator_main.py")  # the emulator, answering as GCS does
+  proc = subprocess.Popen([sys.executable, main_py, "start",
                            "--host=127.0.0.1", f"--port={port}", "--in-memory",
-                           "--default-bucket=bench", "--quiet"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           "--default-bucket=bench"],
+                          stdout=log, stderr=subprocess.STDOUT)
   for _ in range(300):
     try:
       urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1)
@@ -52,12 +59,20 @@ def _emulator():
   return proc
 
 
+def _requests(log) -> int:
+  """Requests the emulator has answered so far (its access-log lines)."""
+  with open(log.name, "rb") as f:
+    return len(re.findall(rb'^"(?:GET|POST|PUT|DELETE|PATCH) ', f.read(), re.M))
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--sni_dir", default="data/sni_sample")
   ap.add_argument("--hosts", type=int, default=4)
+  ap.add_argument("--select_only", action="store_true")
   args = ap.parse_args()
-  proc = _emulator()
+  log = tempfile.NamedTemporaryFile(suffix=".log")  # pylint: disable=consider-using-with
+  proc = _emulator(log)
   try:
     from mode_jax import files  # pylint: disable=g-import-not-at-top
     from mode_jax.data import config  # pylint: disable=g-import-not-at-top
@@ -68,7 +83,14 @@ def main():
     remote = "gs://bench/sni"
     for local in files.walk_files(args.sni_dir):
       files.copy(local, files.join(remote, os.path.relpath(local, args.sni_dir)))
+    before, t = _requests(log), time.perf_counter()
     names = sni.list_tasks(remote, allow_missing=True)
+    sec = time.perf_counter() - t
+    time.sleep(0.5)  # the last access-log lines
+    print(f"select_tasks (train split, {len(names)} of the split's tasks present): "
+          f"{_requests(log) - before} bucket requests, {sec:.2f} s")
+    if args.select_only:
+      return
     cfg = config.SniConfig(max_input_tokens=896)
     v = vocab.get_vocabulary(vocab.default_path(1024))
     v.encode("warm up")
@@ -103,6 +125,7 @@ def main():
   finally:
     proc.terminate()
     proc.wait()
+    log.close()
 
 
 if __name__ == "__main__":
