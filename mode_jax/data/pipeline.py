@@ -27,9 +27,15 @@ tf.data graph (file sources, per-task shuffles, mixture sampling, packing),
 and tf.data checkpoints all of it exactly, with no change of data order; a
 seekable index design would need random-access sources and its own mixture
 sampler (Grain), i.e. another data stack. The price is size: the per-task
-shuffle buffers (seqio keeps up to 1000 tokenized examples per task) are
-saved too. The older `state()` / `restore(state)` pair skips the consumed
-batches (a re-read that grows with the step) and stays for comparison
+shuffle buffers (seqio keeps up to 1000 examples per task; token ids and
+the id only, `tasks.SniSource` drops the text before the shuffle) are saved
+too, so the state, its restore and the pipeline's build grow with the
+number of tasks, never with the step. `tf.data.Options
+.experimental_symbolic_checkpoint` would not shrink it (the shuffle buffers
+are saved either way; it only drops the prefetch buffers), and with it this
+pipeline produced no first batch in 8 minutes (TF 2.21), so it is off. The
+older `state()` / `restore(state)` pair skips the consumed batches (a
+re-read that grows with the step) and stays for comparison
 (benchmarks/resume_data.py).
 """
 
@@ -154,12 +160,22 @@ class BatchIterator:
                                  pack, num_epochs, cache_in_memory, shards_per_host)
     self._consumed = 0
     self._it = None
+    self._fresh = False  # _it was built at batch 0 and has yielded nothing yet
     self.save_iterator = True  # save_checkpoint: tf.data state, or the position only
 
   def _iterator(self) -> Iterator:
     if self._it is None:
       self._it = iter(make_dataset(self.config, self._consumed))
+      self._fresh = self._consumed == 0
     return self._it
+
+  def build(self) -> None:
+    """Builds the tf.data pipeline now (else at the first batch or restore).
+
+    `restore_checkpoint` then reads the saved state into this pipeline; the
+    benchmark times the two apart.
+    """
+    self._iterator()
 
   def __iter__(self):
     return self
@@ -167,6 +183,7 @@ class BatchIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     batch = {k: v.numpy() for k, v in next(self._iterator()).items()}
     self._consumed += 1
+    self._fresh = False
     return batch
 
   def state(self) -> dict:
@@ -185,7 +202,7 @@ class BatchIterator:
     """
     self._check(state, "BatchIterator.restore: state")
     self._consumed = int(state["batches"])
-    self._it = None
+    self._it, self._fresh = None, False
 
   def _check(self, state: Mapping, what: str) -> None:
     state = {"shards_per_host": 1, **state}  # States saved before shards_per_host.
@@ -237,7 +254,8 @@ class BatchIterator:
     if not files.exists(prefix + ".index"):  # saved with save_iterator=False
       self.restore(state)
       return
-    self._consumed, self._it = 0, None
+    if not self._fresh:  # a pipeline at batch 0 that has yielded nothing
+      self._consumed, self._it = 0, None
     with tempfile.TemporaryDirectory() as tmp:
       stem = f"process_{process_index}."
       for name in files.listdir(str(directory)):
@@ -245,4 +263,4 @@ class BatchIterator:
           files.copy(files.join(str(directory), name), os.path.join(tmp, name))
       local = os.path.join(tmp, f"process_{process_index}")
       tf.train.Checkpoint(iterator=self._iterator()).read(local).assert_consumed()
-    self._consumed = int(state["batches"])
+    self._consumed, self._fresh = int(state["batches"]), False

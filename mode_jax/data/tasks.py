@@ -48,6 +48,10 @@ def task_registry_name(task: str, prefix: str = "sni") -> str:
   return re.sub(r"[^\w.:]", "_", f"{prefix}_{task}")
 
 
+# Features of a shuffled (training) read; see SniSource.
+TRAIN_FEATURES = ("inputs", "targets", "id")
+
+
 class SniSource(seqio.DataSource):
   """Reads one task's prepared TFRecord (prepared lazily on first read).
 
@@ -55,6 +59,13 @@ class SniSource(seqio.DataSource):
   hosts reads disjoint parts of every task; each host prepares (tokenizes)
   only its own shard (`prepare.TaskStore.ensure`), the examples
   `Dataset.shard(num_shards, index)` of the whole split would give.
+
+  A shuffled read (training) yields `inputs`, `targets` and `id` only: the
+  Task shuffles each task in a buffer of 1000 examples, and the text
+  features (prompt, target, references: nearly half the bytes) would fill
+  those buffers, the host's memory and every iterator checkpoint although
+  training never reads them. Unshuffled reads (evaluation, inspection) have
+  every feature. The order of the examples is the same either way.
   """
 
   def __init__(self, store: prepare.TaskStore, vocabulary):
@@ -75,10 +86,12 @@ class SniSource(seqio.DataSource):
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed=None,
                   shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
                   use_cached=False, num_epochs=1) -> tf.data.Dataset:
-    del shuffle, seed, sequence_length, use_cached, num_epochs  # The Task shuffles.
+    del seed, sequence_length, use_cached, num_epochs  # The Task shuffles.
     shard = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
     ds = tf.data.TFRecordDataset(self._store.ensure(split, self._vocabulary, shard))
     desc = prepare.feature_description(tf)
+    if shuffle:  # Training: no text in the shuffle buffers (see the class docstring).
+      desc = {k: desc[k] for k in TRAIN_FEATURES}
 
     def parse(records):  # Batched parsing is several times faster per example.
       ex = tf.io.parse_example(records, desc)
