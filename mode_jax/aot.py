@@ -288,11 +288,11 @@ def run_aot(topology: str, num_slices: int = 1, headroom: float = 0.0,
     abstract_states = _abstract(states, state_sh)
     held = _bytes_per_chip(states, state_sh)
     for name, eval_batch, decode_len in eval_settings(args):
-      shards = sharding.batch_shards(mesh)
-      if eval_batch % shards:
-        field = "train.eval_batch_size" if name == "train eval" else "evaluate.batch_size"
-        raise SystemExit(f"aot: {field}={eval_batch} does not split over the {shards} "
-                         "data-parallel devices (the decoding batch would be replicated)")
+      field = "train.eval_batch_size" if name == "train eval" else "evaluate.batch_size"
+      try:
+        sharding.check_decode_batch(eval_batch, mesh, field)
+      except ValueError as e:
+        raise SystemExit(f"aot: {e}") from e
       prompt = args["task_feature_lengths"]["inputs"] + 1
       tok_sh = sharding.named_sharding(("batch", "length"), (eval_batch, prompt), mesh)
       tokens = jax.ShapeDtypeStruct((eval_batch, prompt), jnp.int32, sharding=tok_sh)

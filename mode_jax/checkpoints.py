@@ -246,8 +246,8 @@ class RunCheckpointer:
     if want is not None and stored != want:
       raise ValueError(
           f"run checkpoint {self.directory!r} step {step} holds {stored} layers but the model "
-          f"has {want} layers: set ModelConfig.scan_layers={stored == stacking.SCANNED} to "
-          "resume or evaluate it")
+          f"has {want} layers: set ModelConfig.scan_layers={stored == stacking.SCANNED} (gin: "
+          "models.named_config.scan_layers) to resume or evaluate it")
 
   @healing.heals(move_aside=True)
   def restore(self, abstract_state: dict, data: Any,

@@ -59,6 +59,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   if allow_missing is None:
     allow_missing = training_allow_missing(model_dir)
   mesh_ = experiment.make_mesh(mesh)
+  sharding.check_decode_batch(batch_size, mesh_, "evaluate.batch_size")
   model_ = experiment.build_model(model, adapter, mesh_, base_checkpoint=base_checkpoint,
                                   seed=seed)
   graphdef, params, astate, frozen = trainer.split_model(model_)

@@ -54,6 +54,10 @@ class Evaluator:
     self.mesh = mesh
     self.decode_fn = decoding.make_decode_fn(graphdef, max_decode_len,
                                              eos_id=vocabulary.eos_id, pad_id=vocabulary.pad_id)
+    if mesh is not None:
+      sharding.check_decode_batch(batch_size, mesh,
+                                  "the evaluation batch_size (evaluate.batch_size or "
+                                  "train.eval_batch_size)")
     shard, num_shards = (0, 1) if mesh is None else trainer.data_shard(mesh, batch_size)
     rows = batch_size // num_shards
     self.rows = (shard * rows, shard * rows + rows)  # this process's rows of a batch

@@ -60,6 +60,7 @@ def register_configurables() -> None:
     importlib.import_module(module)
   gin.external_configurable(models.ModelConfig, module="models")
   gin.external_configurable(models.get_config, module="models")
+  gin.external_configurable(models.named_config, module="models")
   gin.external_configurable(adapters.AdapterConfig, module="adapters")
   gin.external_configurable(optim.OptimizerConfig, module="optim")
   gin.external_configurable(sharding.MeshConfig, module="sharding")

@@ -229,3 +229,19 @@ def check_batch(batch_size: int, micro_batches: int, mesh: Mesh, rules=DEFAULT_R
         f"data-parallel devices of the mesh ({mesh_desc}; 'batch' is split over "
         f"{logical_to_spec(('batch',), rules)[0]}): make BATCH_SIZE / micro_batches a "
         f"multiple of {shards}")
+
+
+def check_decode_batch(batch_size: int, mesh: Mesh, field: str = "the evaluation batch_size",
+                       rules=DEFAULT_RULES) -> None:
+  """A decoding batch must split evenly over the data-parallel devices.
+
+  `field` names the setting in the error (e.g. "evaluate.batch_size"). As
+  with `check_batch`, the alternative would be a silently replicated batch.
+  """
+  shards = batch_shards(mesh, rules)
+  if batch_size < 1 or batch_size % shards:
+    mesh_desc = " x ".join(f"{k}={v}" for k, v in mesh.shape.items())
+    raise ValueError(
+        f"{field}={batch_size} does not split over the {shards} data-parallel devices of the "
+        f"mesh ({mesh_desc}; 'batch' is split over {logical_to_spec(('batch',), rules)[0]}): "
+        f"make it a positive multiple of {shards}")

@@ -94,6 +94,8 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
     raise ValueError("ADAPTER is required for training (the base is frozen)")
   mesh_ = experiment.make_mesh(mesh)
   sharding.check_batch(batch_size, micro_batches, mesh_)
+  if eval_every:
+    sharding.check_decode_batch(eval_batch_size, mesh_, "train.eval_batch_size")
   files.check_writable_dir(model_dir, "MODEL_DIR")
   registration = register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir,
                                 task_feature_lengths)

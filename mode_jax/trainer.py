@@ -26,6 +26,10 @@ from mode_jax.adapters import balancing
 from mode_jax.adapters import routing
 
 BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+# The micro-batch loop re-gathers the frozen base in each iteration (see
+# `train_step`). Private switch, for measuring what that saves only
+# (benchmarks/aot_gather_barrier.py); read when the step is built.
+_GATHER_BASE_PER_MICRO_BATCH = True
 OPTIONAL_KEYS = ("decoder_positions", "decoder_segment_ids", "decoder_causal_attention")
 
 
@@ -91,6 +95,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
     return ce + aux, (stats, ce, aux)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  barrier = _GATHER_BASE_PER_MICRO_BATCH
 
   def train_step(state, frozen, batch):
     total = jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
@@ -110,7 +115,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
         # The barrier ties the frozen base to this iteration's micro-batch, so
         # XLA cannot hoist the base's FSDP all-gathers out of the loop, which
         # would hold every gathered base weight for the whole step.
-        frozen_i, mb = jax.lax.optimization_barrier((frozen, mb))
+        frozen_i, mb = jax.lax.optimization_barrier((frozen, mb)) if barrier else (frozen, mb)
         (_, (s, l, a)), g = grad_fn(params, astate, frozen_i, mb, total)
         acc_l, acc_a, acc_g = carry
         return (acc_l + l, acc_a + a, jax.tree.map(jnp.add, acc_g, g)), s

@@ -79,8 +79,8 @@ def test_run_that_does_not_fit_is_reported_and_exits_non_zero(capsys):
   (no micro-batches, no chunked loss) on a v5e-16: the TPU compiler's verdict
   is reported as not fitting, exit 1. Two layers keep the compile short."""
   rc = aot.main(["--gin_file=experiments/main_mode16x4.gin", "--topology=v5e-16",
-                 "--no_decode", "--gin_bindings=models.ModelConfig.num_layers = 2",
-                 "--gin_bindings=models.ModelConfig.param_dtype = 'float32'",
+                 "--no_decode", "--gin_bindings=models.named_config.num_layers = 2",
+                 "--gin_bindings=models.named_config.param_dtype = 'float32'",
                  "--gin_bindings=train.micro_batches = 1",
                  "--gin_bindings=train.loss_chunk = 0"])
   out = capsys.readouterr().out

@@ -78,6 +78,24 @@ def test_wrong_values_are_named_before_the_model(tmp_path, tripwire, binding, ma
     _train(tmp_path / "run", binding)
 
 
+def test_decoding_batch_that_does_not_split_is_named_before_the_model(tmp_path, tripwire):
+  """In-training and stand-alone evaluation batches must split over the 8
+  data-parallel devices (else every device would decode the whole batch)."""
+  with pytest.raises(ValueError, match=r"train.eval_batch_size=12 does not split over the 8 "
+                                       r"data-parallel devices of the mesh \(data=8"):
+    _train(tmp_path / "run", "train.eval_every = 5", "train.eval_batch_size = 12")
+  with pytest.raises(AssertionError, match="a model was built"):  # no evaluation: no check
+    _train(tmp_path / "run2", "train.eval_batch_size = 12")
+  from mode_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  launch.parse_gin(["models/tiny_quickstart.gin", "adapters/mode.gin", "runs/eval.gin"],
+                   [f"MODEL_DIR = '{tmp_path}'", f"SNI_DIR = '{REPO}/data/sni_sample'",
+                    "INPUT_LENGTH = 32", "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}",
+                    "evaluate.batch_size = 12"])
+  with pytest.raises(ValueError, match=r"evaluate.batch_size=12 does not split over the 8 "
+                                       r"data-parallel devices.*multiple of 8"):
+    launch.call_configured(eval_lib.evaluate)
+
+
 def test_model_dir_that_is_a_file(tmp_path, tripwire):
   path = tmp_path / "run"
   path.write_text("not a directory")
@@ -111,7 +129,8 @@ def test_unknown_mixture_is_named_before_the_model(tmp_path, tripwire):
 def test_shipped_experiment_files_pass_the_type_checks(path):
   from mode_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
   files, bindings = [path], ["MODEL_DIR = 'x'", "SNI_DIR = 'y'"]
-  if "sweep" in path or "study" in path:  # Sweeps add each point's adapter file and its macros.
+  if any(w in os.path.basename(path) for w in ("sweep", "study", "paper_")):
+    # Shared setups (sweeps, paper_gemma_2b.gin): each point adds its adapter file and macros.
     files, bindings = [path, "adapters/mode.gin"], bindings + ["RANK = 4", "EXPERTS = 4"]
   launch.parse_gin(files, bindings)
   for fn, name in ((train_lib.train, "train"), (eval_lib.evaluate, "evaluate")):

@@ -92,3 +92,14 @@ def test_every_parameter_has_logical_axes():
   for path, var in nnx.state(model, nnx.Param).flat_state():
     axes = var.get_metadata().get("logical_axes")
     assert axes is not None and len(axes) == len(var.shape), path
+
+
+def test_decoding_batch_must_split_over_the_data_parallel_devices():
+  """data=2 x fsdp=2 x model=2: the batch splits 4 ways (the model axis holds
+  the same rows), so 12 decodes but 6 would be replicated and fails by name."""
+  mesh = sharding.make_mesh(data=2, fsdp=2, model=2)
+  sharding.check_decode_batch(12, mesh, "evaluate.batch_size")
+  with pytest.raises(ValueError, match=r"evaluate.batch_size=6 does not split over the 4 "
+                                       r"data-parallel devices of the mesh \(data=2 x fsdp=2 x "
+                                       r"model=2.*multiple of 4"):
+    sharding.check_decode_batch(6, mesh, "evaluate.batch_size")

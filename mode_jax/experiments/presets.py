@@ -29,7 +29,7 @@ from typing import Any
 from mode_jax import models
 from mode_jax.experiments import points as points_lib
 
-PAPER_GIN = ["experiments/sweep_gemma_2b.gin"]
+PAPER_GIN = ["experiments/paper_gemma_2b.gin"]
 CPU_GIN = ["experiments/sweep_cpu_tiny.gin"]
 # The study protocol: base pretrained on tasks disjoint from the adapters'
 # (data/sni_full_sample/README.md), seen and unseen tasks (scripts/study.py).

@@ -2,6 +2,7 @@
 
 Public API:
   get_config(name) -> ModelConfig
+  named_config(name, dtype=..., remat_policy=...) -> ModelConfig (gin model files)
   Transformer(config, adapter_config=None, rngs=...)
   build_model(config, adapter_config=None, seed=0)          concrete
   abstract_model(config, adapter_config=None)               ShapeDtypeStructs
@@ -10,7 +11,7 @@ Public API:
 """
 
 from mode_jax.models.build import abstract_model, build_model, build_sharded, param_counts
-from mode_jax.models.config import ModelConfig, config_names, get_config
+from mode_jax.models.config import ModelConfig, config_names, get_config, named_config
 from mode_jax.models.transformer import Transformer
 
 

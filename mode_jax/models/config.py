@@ -152,5 +152,21 @@ def get_config(name: str) -> ModelConfig:
   return _CONFIGS[name]
 
 
+def named_config(name: str, *, dtype: str | None = None, param_dtype: str | None = None,
+                 scan_layers: bool | None = None, remat_policy: str | None = None,
+                 num_layers: int | None = None) -> ModelConfig:
+  """`get_config(name)` with its run options replaced; the shapes stay the registry's.
+
+  What gin model files bind (`MODEL = @models.named_config()`), so that a
+  gin file cannot drift from the shapes defined here. None keeps the named
+  config's value. `num_layers` keeps every layer's shapes and drops layers
+  (a quick compile check at full width); the rest are how the model runs.
+  """
+  cfg = get_config(name)
+  options = {"dtype": dtype, "param_dtype": param_dtype, "scan_layers": scan_layers,
+             "remat_policy": remat_policy, "num_layers": num_layers}
+  return cfg.replace(**{k: v for k, v in options.items() if v is not None})
+
+
 def config_names() -> Sequence[str]:
   return tuple(sorted(_CONFIGS))

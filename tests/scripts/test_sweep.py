@@ -12,7 +12,7 @@ from mode_jax.experiments import rundirs
 from mode_jax.experiments import tpu_vm
 from tests.scripts.conftest import fake_run
 
-GIN = "experiments/sweep_gemma_2b.gin"
+GIN = "experiments/paper_gemma_2b.gin"
 
 
 def _inner(entry, name):
