@@ -63,7 +63,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   Returns:
     The decoding evaluator's metrics (overall, per task, per category),
     "step", and the metrics of every other evaluator under its name (e.g.
-    "validation_loss").
+    "loss", also written to `eval/<split>_loss_<step>.json`).
   """
   launch.check_arguments(evaluate, locals())  # Settings first, before any heavy work.
   launch.check_feature_lengths(task_feature_lengths)
@@ -113,7 +113,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
                          metrics)
     values, console = ev.scalars(metrics)
     log = metrics_log.MetricsLogger(model_dir, f"eval_{split}", console=False)
-    log.write(step, values if ev.name == "decode" else {ev.name: values})
+    log.write(step, values)  # the evaluators' scalar names do not collide
     log.close()
     print(f"[eval step {step}] {split} {ev.name}: "
           + " ".join(f"{k}={values[k]:.4g}" for k in console), flush=True)

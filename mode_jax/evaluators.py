@@ -171,7 +171,7 @@ class ValidationLossEvaluator:
     batch_size: global rows per call; each process reads its rows.
     mesh: None (one device) or the training mesh.
   """
-  name = "validation_loss"
+  name = "loss"
 
   def __init__(self, dataset, graphdef, mixture_or_task_name: str,
                task_feature_lengths: Mapping[str, int], *, batch_size: int,

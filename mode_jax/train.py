@@ -257,7 +257,7 @@ def _evaluate(evaluator, state, frozen, model_dir, step, log):
   metrics, records = evaluator.evaluate((state["params"], state["adapter_state"], frozen))
   values, console = evaluator.scalars(metrics)
   log.write(step, {"validation": values}, console_keys=[f"validation/{k}" for k in console])
-  name = "metrics" if evaluator.name == "decode" else evaluator.name
+  name = "metrics" if evaluator.name == "decode" else f"validation_{evaluator.name}"
   if jax.process_index() == 0:
     files.write_json(files.join(model_dir, "eval", f"{name}_{step}.json"), metrics)
   return metrics, records

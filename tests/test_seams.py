@@ -203,3 +203,16 @@ def test_an_evaluator_without_build_fails_naming_it():
                                                             "targets": TARGETS}, "mem")
   with pytest.raises(ValueError, match="has no build"):
     evaluators.build_all(["rouge"], ctx)
+
+
+def test_aot_compiles_the_decoding_evaluators_bound_in_gin():
+  from mode_jax import aot  # pylint: disable=g-import-not-at-top
+  bindings = [b for b in _bindings("unused", 1) if not b.startswith("train.evaluators")]
+  launch.parse_gin(["models/tiny.gin", "adapters/mode.gin", "runs/finetune.gin"], bindings + [
+      "train.evaluators = [@evaluators.DecodeEvaluation(), @evaluators.ValidationLoss()]",
+      "evaluators.DecodeEvaluation.batch_size = 24",
+      "evaluators.DecodeEvaluation.max_decode_len = 5"])
+  assert aot.eval_settings(aot.train_arguments()) == [("train eval", 24, 5)]
+  launch.parse_gin(["models/tiny.gin", "adapters/mode.gin", "runs/finetune.gin"],
+                   bindings + ["train.max_decode_len = 7"])  # the default evaluator
+  assert aot.eval_settings(aot.train_arguments()) == [("train eval", 16, 7)]
