@@ -35,6 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from mode_jax import adapters as adapters_lib
 from mode_jax import decoding
+from mode_jax import evaluators
 from mode_jax import experiment
 from mode_jax import launch
 from mode_jax import sharding
@@ -127,7 +128,15 @@ def eval_settings(args: dict) -> list[tuple[str, int, int]]:
   """(name, batch, decode length) of the decoding steps the gin config runs."""
   out = []
   if args["eval_every"]:
-    out.append(("train eval", args["eval_batch_size"], args["max_decode_len"]))
+    try:  # evaluators bound in gin (train.evaluators), else the default decoding
+      bound = launch.query("train.evaluators")
+    except ValueError:
+      bound = None
+    if bound is None:
+      out.append(("train eval", args["eval_batch_size"], args["max_decode_len"]))
+    else:
+      out += [("train eval", e.batch_size, e.max_decode_len) for e in bound
+              if isinstance(e, evaluators.DecodeEvaluation)]
   try:
     launch.query("evaluate.model")
   except ValueError:

@@ -238,10 +238,18 @@ class RunCheckpointer:
       raise FileNotFoundError(f"no complete checkpoint in {self.directory!r}")
     return step
 
+  @healing.heals(move_aside=False)
+  def layout(self, step: int | None = None) -> str:
+    """The layer layout `step` holds (default: latest): stacking.LOOPED or SCANNED."""
+    return self._layout(self._step(step))
+
+  def _layout(self, step: int) -> str:
+    out = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return out.config.get("layers") or stacking.LOOPED  # older checkpoints: looped
+
   def _check_layout(self, step: int, abstract: dict) -> None:
     """Raises a ValueError when the checkpoint's layer layout is not the target's."""
-    out = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    stored = out.config.get("layers") or stacking.LOOPED  # older checkpoints: looped
+    stored = self._layout(step)
     want = stacking.layout_of(abstract.get("params", {}))
     if want is not None and stored != want:
       raise ValueError(

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import gin
 import jax
 
 from mode_jax import adapters as adapters_lib
 from mode_jax import checkpoints
-from mode_jax import evaluation
+from mode_jax import datasets
+from mode_jax import evaluators as evaluators_lib
 from mode_jax import experiment
 from mode_jax import files
 from mode_jax import launch
@@ -29,35 +30,60 @@ from mode_jax import trainer
 @gin.configurable
 def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
              task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-             sni_dir: str = gin.REQUIRED,
+             sni_dir: str | None = None,
              adapter: adapters_lib.AdapterConfig | None = None,
              base_checkpoint: str | None = None, sni: Any = None,
              vocab_path: str | None = None, allow_missing: bool | None = None,
              tasks: Any = None, split: str = "validation", checkpoint_step: int | None = None,
              batch_size: int = 16, max_decode_len: int = 64,
              mesh: sharding.MeshConfig = sharding.MeshConfig(),
-             predictions_file: str | None = None, seed: int = 0) -> dict:
-  """Decodes and scores; returns the grouped metrics.
+             predictions_file: str | None = None, seed: int = 0,
+             dataset: Any = None, evaluators: Sequence[Any] | None = None,
+             mixture_or_task_name: str = "sni_train") -> dict:
+  """Runs the evaluators on a run's checkpoint; returns the decoding metrics.
 
   Args:
     model_dir: run directory (MODEL_DIR) with checkpoints; with adapter=None
       the base model alone is evaluated.
+    sni_dir: SNI root (SNI_DIR) of the default dataset (required without
+      `dataset`).
     tasks: SNI task names (default: the registered train-split tasks for
       split="validation", the test-split tasks for split="test").
     allow_missing: accept a partial SNI copy; None (default): the choice of
       the training run in model_dir (its operative config), else False.
     predictions_file: write per-example JSONL here (relative to model_dir).
+    dataset: a `datasets.Dataset`; None: `datasets.SniDataset` of sni_dir,
+      sni, vocab_path and allow_missing.
+    evaluators: evaluator configs (`evaluators.DecodeEvaluation`,
+      `evaluators.ValidationLoss`, ...); None: one DecodeEvaluation of
+      tasks, split, max_decode_len and batch_size above.
+    mixture_or_task_name: what `dataset.prepare` registers and what a
+      ValidationLoss reads by default.
+
+  Returns:
+    The decoding evaluator's metrics (overall, per task, per category),
+    "step", and the metrics of every other evaluator under its name (e.g.
+    "loss", also written to `eval/<split>_loss_<step>.json`).
   """
   launch.check_arguments(evaluate, locals())  # Settings first, before any heavy work.
   launch.check_feature_lengths(task_feature_lengths)
-  from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
-  from mode_jax.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
-  from mode_jax.data import vocab  # pylint: disable=g-import-not-at-top
-  if not files.isdir(sni_dir):
-    raise FileNotFoundError(f"SNI_DIR {sni_dir!r} is not a directory")
-  sni = sni or data_config.SniConfig(max_input_tokens=task_feature_lengths["inputs"])
-  if allow_missing is None:
-    allow_missing = training_allow_missing(model_dir)
+  if dataset is None:
+    if sni_dir is None:
+      raise SystemExit("missing required gin value(s): evaluate.sni_dir (macro SNI_DIR), "
+                       "or bind evaluate.dataset")
+    if not files.isdir(sni_dir):
+      raise FileNotFoundError(f"SNI_DIR {sni_dir!r} is not a directory")
+    if allow_missing is None:
+      allow_missing = training_allow_missing(model_dir)
+    dataset = datasets.SniDataset(sni_dir=sni_dir, sni=sni, vocab_path=vocab_path,
+                                  allow_missing=allow_missing)
+  dataset = datasets.check_dataset(dataset, "evaluate.dataset")
+  if evaluators is None:
+    evaluators = [evaluators_lib.DecodeEvaluation(tasks=tasks, split=split,
+                                                  max_decode_len=max_decode_len,
+                                                  batch_size=batch_size)]
+  elif any(isinstance(e, evaluators_lib.ValidationLoss) for e in evaluators):
+    dataset.prepare(mixture_or_task_name, task_feature_lengths)  # what the loss reads
   mesh_ = experiment.make_mesh(mesh)
   sharding.check_decode_batch(batch_size, mesh_, "evaluate.batch_size")
   model_ = experiment.build_model(model, adapter, mesh_, base_checkpoint=base_checkpoint,
@@ -71,34 +97,39 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
          "adapter_state": astate}), checkpoint_step)
     params, astate, step = restored["params"], restored["adapter_state"], int(restored["step"])
     ckpt.close()
-  if tasks is None:
-    reg = tasks_lib.register_sni(sni_dir, sni, vocab_path=vocab_path,
-                                 allow_missing=allow_missing, case_study=False, test=False,
-                                 split="test" if split == "test" else "train")
-    tasks = reg.selected
-  examples = tasks_lib.eval_examples(sni_dir, list(tasks), sni, split=split,
-                                     vocab_path=vocab_path, allow_missing=allow_missing)
-  ev = evaluation.Evaluator(examples, vocab.get_vocabulary(vocab_path), graphdef,
-                            input_length=task_feature_lengths["inputs"],
-                            max_decode_len=max_decode_len, batch_size=batch_size, mesh=mesh_)
-  with sharding.use_mesh(mesh_):
-    metrics, records = ev.evaluate((params, astate, frozen))
-  metrics["step"] = step
-  if jax.process_index() == 0:
-    files.write_json(files.join(model_dir, "eval", f"{split}_metrics_{step}.json"), metrics)
-    if predictions_file:
-      files.write_text(files.join(model_dir, predictions_file),
-                       "".join(json.dumps(r) + "\n" for r in records))
-  log = metrics_log.MetricsLogger(model_dir, f"eval_{split}", console=False)
-  log.write(step, {"rougeL": metrics["overall"]["rougeL"],
-                   "exact_match": metrics["overall"]["exact_match"],
-                   **{f"category/{c}/rougeL": m["rougeL"]
-                      for c, m in metrics["per_category"].items()}})
-  log.close()
-  print(f"[eval step {step}] {split}: rougeL={metrics['overall']['rougeL']:.2f} "
-        f"exact_match={metrics['overall']['exact_match']:.2f} on {len(records)} examples",
-        flush=True)
-  return metrics
+  evals = evaluators_lib.build_all(evaluators, evaluators_lib.EvalContext(
+      dataset, graphdef, mesh_, dict(task_feature_lengths), mixture_or_task_name))
+  result = {}
+  for ev in evals:
+    with sharding.use_mesh(mesh_):
+      metrics, records = ev.evaluate((params, astate, frozen))
+    metrics["step"] = step
+    if ev.name == "decode":
+      _write_decode(model_dir, split, step, metrics, records, predictions_file)
+      result.update(metrics)
+    else:
+      result[ev.name] = metrics
+      if jax.process_index() == 0:
+        files.write_json(files.join(model_dir, "eval", f"{split}_{ev.name}_{step}.json"),
+                         metrics)
+    values, console = ev.scalars(metrics)
+    log = metrics_log.MetricsLogger(model_dir, f"eval_{split}", console=False)
+    log.write(step, values)  # the evaluators' scalar names do not collide
+    log.close()
+    print(f"[eval step {step}] {split} {ev.name}: "
+          + " ".join(f"{k}={values[k]:.4g}" for k in console), flush=True)
+  result["step"] = step
+  return result
+
+
+def _write_decode(model_dir, split, step, metrics, records, predictions_file) -> None:
+  """The decoding metrics JSON and the predictions JSONL (process 0)."""
+  if jax.process_index() != 0:
+    return
+  files.write_json(files.join(model_dir, "eval", f"{split}_metrics_{step}.json"), metrics)
+  if predictions_file:
+    files.write_text(files.join(model_dir, predictions_file),
+                     "".join(json.dumps(r) + "\n" for r in records))
 
 
 def training_allow_missing(model_dir: str) -> bool:

@@ -36,9 +36,11 @@ from mode_jax import launch
 from mode_jax import sharding
 from mode_jax import trainer
 from mode_jax.layers import linear
+from mode_jax.models import build
+from mode_jax.models import stacking
 
 FORMATS = ("orbax", "peft", "hf_merged", "torch")
-MANIFEST, ADAPTERS = "manifest.json", "adapters"
+MANIFEST, ADAPTERS = hf_export.MANIFEST, hf_export.ADAPTERS
 
 
 @gin.configurable
@@ -61,16 +63,20 @@ def export(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
     raise ValueError(f"merge=True needs a LoRA adapter; {adapter.kind!r} routes per token "
                      "and cannot be folded into the base weights")
   mesh_ = experiment.make_mesh(mesh)
-  model_ = experiment.build_model(model, adapter, mesh_, base_checkpoint=base_checkpoint,
+  ckpt = checkpoints.RunCheckpointer(model_dir, async_save=False)
+  # Built in the layout the checkpoint holds; every format is written looped.
+  cfg = experiment.model_config(model)
+  cfg = cfg.replace(scan_layers=ckpt.layout(checkpoint_step) == stacking.SCANNED)
+  model_ = experiment.build_model(cfg, adapter, mesh_, base_checkpoint=base_checkpoint,
                                   seed=seed)
   _, params, astate, _ = trainer.split_model(model_)
-  ckpt = checkpoints.RunCheckpointer(model_dir, async_save=False)
   restored = ckpt.restore_adapters(checkpoints.abstract_like(
       {"step": jnp.zeros((), jnp.int32), "params": params, "adapter_state": astate}),
       checkpoint_step)
   config_text = ckpt.restore_config(checkpoint_step)
   ckpt.close()
   nnx.update(model_, restored["params"], restored["adapter_state"])
+  model_ = build.looped(model_)  # the formats address layers by index
   manifest = write(model_, adapter, export_dir, format, step=int(restored["step"]),
                    base_checkpoint=base_checkpoint, config_text=config_text)
   if merge:

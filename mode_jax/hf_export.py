@@ -42,6 +42,8 @@ from mode_jax.torch import spec
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+# An orbax export (`python -m mode_jax.export`): the manifest and the adapters' checkpoint.
+MANIFEST, ADAPTERS = "manifest.json", "adapters"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json", "generation_config.json")
 # The official release pads Gemma's 256,000-token vocabulary to 256,128 rows;

@@ -27,7 +27,6 @@ from flax import nnx
 
 from mode_jax import adapters as adapters_lib
 from mode_jax import checkpoints
-from mode_jax import export as export_lib
 from mode_jax import files
 from mode_jax import hf_export
 from mode_jax import sharding
@@ -143,7 +142,7 @@ def load_adapters(model: nnx.Module, path: str) -> None:
 
 
 def _load_orbax_export(model: nnx.Module, path: str) -> None:
-  manifest_path = os.path.join(path, export_lib.MANIFEST)
+  manifest_path = os.path.join(path, hf_export.MANIFEST)
   if not os.path.isfile(manifest_path):
     raise FileNotFoundError(f"{path!r} is neither a PEFT adapter ({hf_export.PEFT_CONFIG}) nor "
                             "a mode_jax export (manifest.json + adapters/)")
@@ -161,7 +160,7 @@ def _load_orbax_export(model: nnx.Module, path: str) -> None:
                      f"{model.adapter_config}")
   _, params, astate, _ = trainer.split_model(model)
   restored = checkpoints.restore_adapters(
-      os.path.join(path, export_lib.ADAPTERS),
+      os.path.join(path, hf_export.ADAPTERS),
       checkpoints.abstract_like({"params": params, "adapter_state": astate}))
   nnx.update(model, restored["params"], restored["adapter_state"])
 

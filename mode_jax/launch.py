@@ -65,6 +65,12 @@ def register_configurables() -> None:
   gin.external_configurable(optim.OptimizerConfig, module="optim")
   gin.external_configurable(sharding.MeshConfig, module="sharding")
   gin.external_configurable(data_config.SniConfig, module="data")
+  # The seams of train / evaluate: datasets and evaluators (datasets.py, evaluators.py).
+  from mode_jax import datasets  # pylint: disable=g-import-not-at-top
+  from mode_jax import evaluators  # pylint: disable=g-import-not-at-top
+  gin.external_configurable(datasets.SniDataset, module="datasets")
+  gin.external_configurable(evaluators.DecodeEvaluation, module="evaluators")
+  gin.external_configurable(evaluators.ValidationLoss, module="evaluators")
   _REGISTERED = True
 
 

@@ -19,9 +19,6 @@ quickstart experiment), --base_steps, --model_dir.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
 import logging
 import os
 import sys
@@ -32,52 +29,23 @@ import time
 # actionable. Set TF_CPP_MIN_LOG_LEVEL to see it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from flax import nnx  # noqa: E402
-
-from mode_jax import checkpoints
-from mode_jax import experiment
+from mode_jax import experiment  # noqa: E402
 from mode_jax import export as export_lib
 from mode_jax import launch
-from mode_jax import optim
-from mode_jax import sharding
-from mode_jax import trainer
 from mode_jax import train as train_lib
 from mode_jax import eval as eval_lib
+from mode_jax.experiments import base as base_lib
 
-DEFAULT_GIN = "experiments/quickstart_tiny.gin"
-CACHE = os.path.join(os.path.expanduser("~"), ".cache", "mode_jax", "quickstart_base")
-
+DEFAULT_GIN = base_lib.DEFAULT_GIN
 
 # Warnings that the quickstart replaces by one line of its own: a partial SNI
-# copy (logged at every registration), and the random initial base of the
-# base stage (which it trains on purpose).
+# copy (logged at every registration).
 _PARTIAL_COPY = ("requested tasks are missing", "requested tasks missing",
                  "has no tasks; not registered")
-_RANDOM_BASE = ("no BASE_CHECKPOINT",)
-
-
-class _Quiet(logging.Filter):
-  """Drops log records whose message contains one of `phrases`."""
-
-  def __init__(self, phrases):
-    super().__init__()
-    self.phrases = tuple(phrases)
-
-  def filter(self, record):
-    msg = record.getMessage()
-    return not any(p in msg for p in self.phrases)
 
 
 def _q(name):
   return launch.query(name)
-
-
-def _macro(name: str, default):
-  """The value of gin macro `name` (default when the gin files do not define it)."""
-  try:
-    return _q(f"%{name}")
-  except ValueError:
-    return default
 
 
 def _data_line(sni_dir: str, base_sni_dir: str, adapter_tasks, base_tasks) -> str:
@@ -88,91 +56,16 @@ def _data_line(sni_dir: str, base_sni_dir: str, adapter_tasks, base_tasks) -> st
           f"{len(base_tasks) + len(adapter_tasks)} of the {listed} train-split tasks present")
 
 
-def build_base(model_cfg, mixture: str, lengths: dict, steps: int, batch_size: int,
-               out_dir: str, seed: int = 0) -> str:
-  """Trains the whole base model (no adapters) and writes a base checkpoint."""
-  from mode_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  mesh = sharding.make_mesh()
-  quiet = _Quiet(_RANDOM_BASE)  # the base is random at first, on purpose
-  logging.getLogger().addFilter(quiet)
-  try:
-    model = experiment.build_model(model_cfg, None, mesh, seed=seed)
-  finally:
-    logging.getLogger().removeFilter(quiet)
-  graphdef, params, astate, frozen = trainer.split_model(model, nnx.Param)
-  tx, schedule = optim.make_optimizer(
-      optim.OptimizerConfig(name="adamw", learning_rate=3e-3, schedule="cosine",
-                            warmup_steps=max(steps // 10, 1), weight_decay=0.01), steps)
-  state = trainer.init_state(params, astate, tx)
-  data = pipeline.BatchIterator(mixture, lengths, batch_size, split="train", seed=seed + 1)
-  t0 = time.time()
-  with sharding.use_mesh(mesh):
-    step_fn = None
-    for step in range(1, steps + 1):
-      batch = trainer.place_batch(next(data), mesh)
-      if step_fn is None:
-        step_fn = trainer.jit_train_step(trainer.make_train_step(graphdef, tx, schedule),
-                                         state, frozen, batch, mesh)
-      state, metrics = step_fn(state, frozen, batch)
-      if step % 50 == 0 or step == steps:
-        print(f"[base step {step}/{steps}] loss={float(metrics['loss']):.3f} "
-              f"({time.time() - t0:.0f}s)", flush=True)
-  model = nnx.merge(graphdef, state["params"], state["adapter_state"], frozen)
-  checkpoints.save_base(out_dir, model, source=f"quickstart base: {steps} full-parameter "
-                        f"steps on {mixture}")
-  return out_dir
-
-
-def _base_dir(model_cfg, mixture, lengths, steps, batch, sni_dir) -> str:
-  key = json.dumps([dataclasses.asdict(model_cfg), mixture, dict(lengths), steps, batch,
-                    sorted(os.listdir(os.path.join(sni_dir, "tasks")))], sort_keys=True)
-  return os.path.join(CACHE, hashlib.sha256(key.encode()).hexdigest()[:12])
-
-
-def base_sni_dir() -> str:
-  """The base's SNI root: gin macro BASE_SNI_DIR, else SNI_DIR (the parsed gin files')."""
-  return _macro("BASE_SNI_DIR", None) or _q("train.sni_dir")
-
-
-def prepared_base(base_steps: int, build: bool = True) -> str:
-  """The cached base checkpoint of the parsed gin files; trains it first if absent.
-
-  The base is trained in full on the mixture `train.mixture_or_task_name` of
-  BASE_SNI_DIR, with the model, lengths and batch of the gin files, which
-  (with the step count and the task files present) key the cache.
-
-  Args:
-    base_steps: full-parameter steps of the base.
-    build: train the base when it is not cached.
-
-  Returns:
-    The base checkpoint directory (absent when not cached and not `build`).
-  """
-  model_cfg = experiment.model_config(_q("train.model"))
-  lengths, mixture = _q("train.task_feature_lengths"), _q("train.mixture_or_task_name")
-  batch, sni_dir = _q("train.batch_size"), base_sni_dir()
-  path = _base_dir(model_cfg, mixture, lengths, base_steps, batch, sni_dir)
-  if checkpoints.is_base_checkpoint(path):
-    print(f"== base model: cached {path}", flush=True)
-  elif build:
-    print(f"== base model: {base_steps} full-parameter steps on {sni_dir} -> {path}", flush=True)
-    # Registers the base's tasks as the mixture; train() later registers
-    # SNI_DIR's tasks under the same mixture name for the adapters.
-    train_lib.register_data(sni_dir, None, None, True, None, lengths)
-    build_base(model_cfg, mixture, lengths, base_steps, batch, path)
-  return path
-
-
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--gin_file", action="append", default=None)
   ap.add_argument("--gin_bindings", action="append", default=[])
   ap.add_argument("--model_dir", default=os.path.join("work_dirs", "quickstart"))
-  ap.add_argument("--base_steps", type=int, default=300)
+  ap.add_argument("--base_steps", type=int, default=base_lib.DEFAULT_BASE_STEPS)
   args = ap.parse_args(sys.argv[1:] if argv is None else argv)
   launch.default_platform()  # libtpu installed, no TPU: the CPU, without libtpu's probe
   t0 = time.time()
-  quiet = _Quiet(_PARTIAL_COPY)  # replaced by the one `== data:` line below
+  quiet = base_lib.Quiet(_PARTIAL_COPY)  # replaced by the one `== data:` line below
   logging.getLogger().addFilter(quiet)
   try:
     _run(args, t0)
@@ -187,9 +80,10 @@ def _run(args, t0):
   model_cfg = experiment.model_config(_q("train.model"))
   lengths = _q("train.task_feature_lengths")
   sni_dir = _q("train.sni_dir")
-  print(_data_line(sni_dir, base_sni_dir(), sni.list_tasks(sni_dir, allow_missing=True),
-                   sni.list_tasks(base_sni_dir(), allow_missing=True)), flush=True)
-  base = _q("train.base_checkpoint") or prepared_base(args.base_steps)
+  base_sni = base_lib.base_sni_dir()
+  print(_data_line(sni_dir, base_sni, sni.list_tasks(sni_dir, allow_missing=True),
+                   sni.list_tasks(base_sni, allow_missing=True)), flush=True)
+  base = _q("train.base_checkpoint") or base_lib.prepared_base(args.base_steps)
   t_base = time.time()
 
   print("== MoDE adapters on the frozen base", flush=True)

@@ -8,18 +8,17 @@ config) go into run checkpoints.
 
 from __future__ import annotations
 
-import os
 import time
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mode_jax import adapters as adapters_lib
 from mode_jax import checkpoints
-from mode_jax import evaluation
+from mode_jax import datasets
+from mode_jax import evaluators as evaluators_lib
 from mode_jax import experiment
 from mode_jax import files
 from mode_jax import launch
@@ -34,13 +33,14 @@ class NonFiniteLossError(FloatingPointError):
   """The loss or gradient norm became NaN or infinite."""
 
 
-@gin.configurable(denylist=["hooks"])
+@gin.configurable
 def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
           mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           train_steps: int = gin.REQUIRED, batch_size: int = gin.REQUIRED,
           adapter: adapters_lib.AdapterConfig | None = None,
           base_checkpoint: str | None = None,
+          dataset: Any = None, evaluators: Sequence[Any] | None = None,
           sni_dir: str | None = None, sni: Any = None, vocab_path: str | None = None,
           allow_missing: bool = False, cache_dir: str | None = None,
           optimizer: optim.OptimizerConfig = optim.OptimizerConfig(),
@@ -50,8 +50,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
           keep_checkpoints: int = 3, async_checkpoint: bool = True,
           eval_every: int = 0, eval_batch_size: int = 16, max_decode_len: int = 64,
           eval_tasks: Any = None, loss_chunk: int = 256, restore_step: int | None = None,
-          data_shards: int | None = None, data_iterator_checkpoints: bool = True,
-          hooks: Any = None) -> dict:
+          data_shards: int | None = None, data_iterator_checkpoints: bool = True) -> dict:
   """Trains and returns a summary (final metrics, steps/s, checkpoint path).
 
   Args:
@@ -64,10 +63,18 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
     adapter: AdapterConfig (ADAPTER); None trains nothing but is allowed for
       evaluation-only runs.
     base_checkpoint: base weights (BASE_CHECKPOINT); None only for tiny configs.
-    sni_dir: SNI root (SNI_DIR); registers the SNI tasks when given.
-    sni: data.SniConfig for prompts and splits.
+    dataset: a `datasets.Dataset` (e.g. `@datasets.SniDataset()`); None:
+      `datasets.SniDataset` of sni_dir, sni, vocab_path, allow_missing,
+      cache_dir below.
+    evaluators: evaluator configs run every `eval_every` steps (e.g.
+      `[@evaluators.DecodeEvaluation(), @evaluators.ValidationLoss()]`);
+      None: one `evaluators.DecodeEvaluation` of eval_tasks,
+      max_decode_len and eval_batch_size below.
+    sni_dir: SNI root (SNI_DIR) of the default dataset; registers the SNI
+      tasks when given.
+    sni: data.SniConfig for prompts and splits (default dataset).
     micro_batches: gradient accumulation steps within one optimizer step.
-    eval_every: decode-and-score every N steps (0: off).
+    eval_every: run the evaluators every N steps and at the end (0: off).
     loss_chunk: positions per chunk of the output layer and cross-entropy
       (losses.chunked_cross_entropy; 0: the whole [B, L, V] logits at once).
     restore_step: resume from this checkpoint step (`--restore_step`) instead of
@@ -80,13 +87,9 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
       (resume in constant time; the shuffle buffers make it large on the
       full data), else its position only (small; resuming re-reads the
       consumed batches).
-    hooks: test hooks, e.g. {"poison_step": k} makes step k's loss NaN.
   """
   launch.check_arguments(train, locals())  # Settings first, before any heavy work.
   launch.check_feature_lengths(task_feature_lengths)
-  from mode_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from mode_jax.data import tasks  # pylint: disable=g-import-not-at-top
-  hooks = dict(hooks or {})
   if train_steps < 1 or batch_size < 1 or micro_batches < 1 or batch_size % micro_batches:
     raise ValueError(f"need train_steps >= 1, batch_size >= 1 divisible by micro_batches; got "
                      f"{train_steps}, {batch_size}, {micro_batches}")
@@ -97,12 +100,17 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   if eval_every:
     sharding.check_decode_batch(eval_batch_size, mesh_, "train.eval_batch_size")
   files.check_writable_dir(model_dir, "MODEL_DIR")
-  registration = register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir,
-                                task_feature_lengths)
-  tasks.require_examples(mixture_or_task_name)  # Registered, with examples, files valid.
+  if dataset is None:
+    dataset = datasets.SniDataset(sni_dir=sni_dir, sni=sni, vocab_path=vocab_path,
+                                  allow_missing=allow_missing, cache_dir=cache_dir)
+  dataset = datasets.check_dataset(dataset)
+  dataset.prepare(mixture_or_task_name, task_feature_lengths)  # registered, with examples
+  if evaluators is None:
+    evaluators = [evaluators_lib.DecodeEvaluation(
+        tasks=eval_tasks, max_decode_len=max_decode_len, batch_size=eval_batch_size)]
   lock = runlock.acquire(model_dir)  # One writer per run directory (process 0 holds it).
 
-  _check_vocab(vocab_path, experiment.model_config(model))
+  _check_vocab(dataset, experiment.model_config(model))
   # Which rows of each global batch this process feeds (multi-host: disjoint).
   shard_id, nshards = trainer.data_shard(mesh_, batch_size)
   data_shards = data_shards or nshards
@@ -116,11 +124,11 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   graphdef, frozen, tx = run.graphdef, run.frozen, run.tx
   state = jax.jit(lambda p, a: trainer.init_state(p, a, tx))(run.params, run.adapter_state)
 
-  data = pipeline.BatchIterator(
-      mixture_or_task_name, task_feature_lengths, batch_size // nshards,
+  data = dataset.batches(datasets.BatchSpec(
+      mixture_or_task_name, dict(task_feature_lengths), batch_size // nshards,
       split="train", shuffle=True, seed=seed, shard_id=shard_id, num_shards=nshards,
-      pack=pack, shards_per_host=data_shards // nshards)
-  data.save_iterator = data_iterator_checkpoints
+      shards_per_host=data_shards // nshards, pack=pack,
+      save_iterator=data_iterator_checkpoints))
   print(f"process {jax.process_index()} of {jax.process_count()}: data shard {shard_id} of "
         f"{nshards}, {batch_size // nshards} rows of each batch of {batch_size}", flush=True)
   ckpt = checkpoints.RunCheckpointer(model_dir, save_interval_steps=checkpoint_every,
@@ -135,10 +143,10 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
 
   step_fn = None
   log = metrics_log.MetricsLogger(model_dir, "train")
-  evaluator = _make_evaluator(registration, eval_every, eval_tasks, sni_dir, sni, vocab_path,
-                              allow_missing, task_feature_lengths, max_decode_len,
-                              eval_batch_size, graphdef, mesh_)
-  eval_log = metrics_log.MetricsLogger(model_dir, "eval") if evaluator else None
+  evals = evaluators_lib.build_all(evaluators, evaluators_lib.EvalContext(
+      dataset, graphdef, mesh_, dict(task_feature_lengths), mixture_or_task_name,
+      prefix_lm=prefix_lm, loss_chunk=loss_chunk)) if eval_every else []
+  eval_log = metrics_log.MetricsLogger(model_dir, "eval") if evals else None
   t_start, t_last, step = time.time(), time.time(), start
   steps_since, last = 0, {}
   tokens_since = jnp.zeros((), jnp.float32)
@@ -161,10 +169,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
 
   with sharding.use_mesh(mesh_):
     while step < train_steps:
-      batch = next(data)
-      if hooks.get("poison_step") == step + 1:  # test hook: a NaN loss at this step
-        batch = dict(batch, decoder_loss_weights=batch["decoder_loss_weights"] * np.nan)
-      batch = trainer.place_batch(batch, mesh_, num_shards=nshards)
+      batch = trainer.place_batch(next(data), mesh_, num_shards=nshards)
       if step_fn is None:
         step_fn = run.jit(state, batch)
       state, metrics = step_fn(state, frozen, batch)
@@ -174,7 +179,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
       steps_since += 1
       final = step == train_steps
       do_log = step % log_every == 0 or final
-      do_eval = evaluator is not None and (step % eval_every == 0 or final)
+      do_eval = bool(evals) and (step % eval_every == 0 or final)
       check(keep_last=not (do_log or do_eval or final or ckpt.should_save(step)))
       if step == start + 1:
         config_text = launch.write_operative_config(model_dir)
@@ -195,11 +200,12 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
       if ckpt.save(step, state, data, config_text, force=final):
         log.flush()  # a bucket's buffered log lines go out with each checkpoint
       if do_eval:
-        _evaluate(evaluator, state, frozen, model_dir, step, eval_log)
+        for ev in evals:
+          _evaluate(ev, state, frozen, model_dir, step, eval_log)
   ckpt.close()
   lock.release()
   log.close()
-  if evaluator is not None:
+  if eval_log is not None:
     eval_log.close()
   summary = {"step": step, "final": last, "seconds": time.time() - t_start,
              "checkpoint_dir": ckpt.directory, "latest_checkpoint": ckpt.latest_step(),
@@ -238,55 +244,24 @@ def make_run(model, adapter, mesh_, *, optimizer, train_steps, micro_batches, pr
   return Run(graphdef, params, astate, frozen, tx, schedule, step, mesh_)
 
 
-def register_data(sni_dir, sni, vocab_path, allow_missing, cache_dir, lengths):
-  """Registers the SNI tasks and mixtures of SNI_DIR (None: nothing to register)."""
-  if not sni_dir:
-    return None
-  from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
-  from mode_jax.data import tasks  # pylint: disable=g-import-not-at-top
-  if not files.isdir(sni_dir):
-    raise FileNotFoundError(f"SNI_DIR {sni_dir!r} is not a directory")
-  sni = sni or data_config.SniConfig(max_input_tokens=lengths["inputs"])
-  return tasks.register_sni(sni_dir, sni, vocab_path=vocab_path, cache_dir=cache_dir,
-                            allow_missing=allow_missing)
-
-
-def _check_vocab(vocab_path, cfg) -> None:
+def _check_vocab(dataset, cfg) -> None:
   """Token ids must index the model's embedding (jnp.take would clamp them)."""
-  from mode_jax.data import vocab  # pylint: disable=g-import-not-at-top
-  size = vocab.get_vocabulary(vocab_path).vocab_size
+  size = dataset.vocabulary().vocab_size
   if size > cfg.vocab_size:
-    raise ValueError(f"vocabulary {vocab_path or vocab.default_path(1024)!r} has {size} "
-                     f"pieces but MODEL {cfg.name!r} embeds only {cfg.vocab_size}")
-
-
-def _make_evaluator(registration, eval_every, eval_tasks, sni_dir, sni, vocab_path,
-                    allow_missing, lengths, max_decode_len, batch_size, graphdef, mesh):
-  if not eval_every or registration is None:
-    return None
-  from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
-  from mode_jax.data import tasks  # pylint: disable=g-import-not-at-top
-  from mode_jax.data import vocab  # pylint: disable=g-import-not-at-top
-  sni = sni or data_config.SniConfig(max_input_tokens=lengths["inputs"])
-  names = list(eval_tasks or registration.selected)
-  examples = tasks.eval_examples(sni_dir, names, sni, vocab_path=vocab_path,
-                                 allow_missing=allow_missing)
-  return evaluation.Evaluator(examples, vocab.get_vocabulary(vocab_path), graphdef,
-                              input_length=lengths["inputs"], max_decode_len=max_decode_len,
-                              batch_size=batch_size, mesh=mesh)
+    path = getattr(dataset, "vocab_path", None)
+    raise ValueError(f"the vocabulary of {type(dataset).__name__}"
+                     + (f" ({path!r})" if path else "") + f" has {size} pieces but MODEL "
+                     f"{cfg.name!r} embeds only {cfg.vocab_size}")
 
 
 def _evaluate(evaluator, state, frozen, model_dir, step, log):
+  """Runs one evaluator; logs its scalars under validation/ and writes its JSON."""
   metrics, records = evaluator.evaluate((state["params"], state["adapter_state"], frozen))
-  log.write(step, {"validation": {"rougeL": metrics["overall"]["rougeL"],
-                            "exact_match": metrics["overall"]["exact_match"],
-                            **{f"task/{t}/rougeL": m["rougeL"]
-                               for t, m in metrics["per_task"].items()},
-                            **{f"category/{c}/rougeL": m["rougeL"]
-                               for c, m in metrics["per_category"].items()}}},
-            console_keys=["validation/rougeL", "validation/exact_match"])
+  values, console = evaluator.scalars(metrics)
+  log.write(step, {"validation": values}, console_keys=[f"validation/{k}" for k in console])
+  name = "metrics" if evaluator.name == "decode" else f"validation_{evaluator.name}"
   if jax.process_index() == 0:
-    files.write_json(files.join(model_dir, "eval", f"metrics_{step}.json"), metrics)
+    files.write_json(files.join(model_dir, "eval", f"{name}_{step}.json"), metrics)
   return metrics, records
 
 

@@ -4,24 +4,25 @@ import logging
 
 from mode_jax import launch
 from mode_jax import quickstart
+from mode_jax.experiments import base as base_lib
 
 
 def test_base_is_keyed_by_its_own_disjoint_data():
   launch.parse_gin([quickstart.DEFAULT_GIN], ["MODEL_DIR = 'unused'"])
-  assert quickstart.base_sni_dir() == "data/sni_full_sample/base"
+  assert base_lib.base_sni_dir() == "data/sni_full_sample/base"
   assert launch.query("train.sni_dir") == "data/sni_full_sample/adapters"
-  disjoint = quickstart.prepared_base(300, build=False)
-  assert disjoint.startswith(quickstart.CACHE)
-  assert quickstart.prepared_base(301, build=False) != disjoint
+  disjoint = base_lib.prepared_base(300, build=False)
+  assert disjoint.startswith(base_lib.CACHE)
+  assert base_lib.prepared_base(301, build=False) != disjoint
   # Without BASE_SNI_DIR the base is trained on SNI_DIR's tasks: another key.
   launch.parse_gin([quickstart.DEFAULT_GIN], ["MODEL_DIR = 'unused'",
                                               "BASE_SNI_DIR = None"])
-  assert quickstart.base_sni_dir() == "data/sni_full_sample/adapters"
-  assert quickstart.prepared_base(300, build=False) != disjoint
+  assert base_lib.base_sni_dir() == "data/sni_full_sample/adapters"
+  assert base_lib.prepared_base(300, build=False) != disjoint
 
 
 def test_partial_copy_warnings_are_dropped_and_others_kept(caplog):
-  quiet = quickstart._Quiet(quickstart._PARTIAL_COPY)  # pylint: disable=protected-access
+  quiet = base_lib.Quiet(quickstart._PARTIAL_COPY)  # pylint: disable=protected-access
   logging.getLogger().addFilter(quiet)
   try:
     with caplog.at_level(logging.WARNING):

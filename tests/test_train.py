@@ -1,8 +1,10 @@
 """Train / resume / eval / infer / export on the tiny config, through gin."""
 
+import dataclasses
 import json
 import os
 
+import gin
 import jax
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from flax import nnx
 
 from mode_jax import adapters
 from mode_jax import checkpoints
+from mode_jax import datasets
 from mode_jax import experiment
 from mode_jax import export as export_lib
 from mode_jax import launch
@@ -22,6 +25,36 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SNI = os.path.join(REPO, "data", "sni_sample")
 VOCAB = os.path.join(REPO, "data", "vocab", "sni_sample_512.model")
 TASKS = ("task1146_country_capital", "task1321_country_continent", "task114_is_the_given_word_longest")
+
+
+class _Poisoned:
+  """A batch stream whose batch `at` (1-based) has NaN loss weights; else `inner`'s."""
+
+  def __init__(self, inner, at: int):
+    self.inner, self.at, self.drawn = inner, at, 0
+
+  def __next__(self):
+    batch = next(self.inner)
+    self.drawn += 1
+    if self.drawn == self.at:
+      batch = dict(batch, decoder_loss_weights=batch["decoder_loss_weights"] * np.nan)
+    return batch
+
+  def __getattr__(self, name):  # state, save_checkpoint, restore_checkpoint
+    return getattr(self.inner, name)
+
+
+@dataclasses.dataclass
+class PoisonedSni(datasets.SniDataset):
+  """SNI whose training stream turns the loss of batch `poison_batch` NaN."""
+  poison_batch: int = 0
+
+  def batches(self, spec):
+    stream = super().batches(spec)
+    return _Poisoned(stream, self.poison_batch) if spec.split == "train" else stream
+
+
+gin.external_configurable(PoisonedSni, module="test_train")
 
 
 def _bindings(model_dir, cache_dir, steps, extra=()):
@@ -155,7 +188,14 @@ def test_frozen_base_is_bit_identical_after_training(tmp_path):
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(runs):
   d = str(runs["root"] / "nan")
   with pytest.raises(train_lib.NonFiniteLossError, match="non-finite loss at step 3"):
-    _train(d, runs["cache"], 4, hooks={"poison_step": 3})
+    # Injected through the dataset seam, bound in gin like any dataset.
+    _train(d, runs["cache"], 4, [
+        "train.dataset = @test_train.PoisonedSni()", "test_train.PoisonedSni.sni_dir = %SNI_DIR",
+        "test_train.PoisonedSni.vocab_path = %VOCAB_PATH",
+        "test_train.PoisonedSni.sni = @data.SniConfig()",
+        "test_train.PoisonedSni.allow_missing = True",
+        f"test_train.PoisonedSni.cache_dir = '{runs['cache']}'",
+        "test_train.PoisonedSni.poison_batch = 3"])
   ck = checkpoints.RunCheckpointer(d, async_save=False)
   assert ck.latest_step() == 2
   step, w = _adapter_weights(d)

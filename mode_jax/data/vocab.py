@@ -8,12 +8,11 @@ Both follow Gemma's id layout: pad 0, eos 1, bos 2, unk 3; byte fallback, so
 no text is unknown, and "\\n" is a piece of its own.
 
 Rebuild (gives the same bytes; single thread, fixed seed):
-    python -m mode_jax.data.vocab --out_dir data/vocab
+    python -m mode_jax.data.build_vocab --out_dir data/vocab
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 
@@ -92,20 +91,3 @@ def get_vocabulary(path: str | None = None, vocab_size: int = 1024):
   if not files.isfile(path):
     raise FileNotFoundError(f"SentencePiece model not found: {path}")
   return seqio.SentencePieceVocabulary(files.local_copy(path, suffix=".model"))
-
-
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out_dir", default=os.path.join(REPO_DATA, "vocab"))
-  parser.add_argument("--sni_dir", default=SAMPLE_DIR)
-  args = parser.parse_args()
-  os.makedirs(args.out_dir, exist_ok=True)
-  for size in SIZES:
-    out = os.path.join(args.out_dir, f"sni_sample_{size}.model")
-    with open(out, "wb") as f:
-      f.write(build(size, args.sni_dir))
-    print(out)
-
-
-if __name__ == "__main__":
-  main()

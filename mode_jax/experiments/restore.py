@@ -17,6 +17,8 @@ from mode_jax import launch
 from mode_jax import models
 from mode_jax import sharding
 from mode_jax import trainer
+from mode_jax.models import build
+from mode_jax.models import stacking
 from mode_jax.experiments import rundirs
 
 
@@ -39,17 +41,26 @@ def run_settings(model_dir: str) -> dict:
 
 def adapter_weights(model_dir: str, model_cfg, adapter_cfg,
                     step: int | None = None) -> tuple[int, dict[tuple, np.ndarray]]:
-  """(step, {param path: array}) of the run's adapter parameters (latest step)."""
-  model = models.abstract_model(model_cfg, adapter_cfg)
-  _, params, astate, _ = trainer.split_model(model)
-  target = {"step": jax.ShapeDtypeStruct((), np.int32), "params": params,
-            "adapter_state": astate}
+  """(step, {param path: array}) of the run's adapter parameters (latest step).
+
+  Paths are looped (`("layers", i, ...)`) whichever layout the run trained in.
+  """
   ck = checkpoints.RunCheckpointer(model_dir, async_save=False)
   try:
+    cfg = _in_layout(model_cfg, ck, step)
+    _, params, astate, _ = trainer.split_model(models.abstract_model(cfg, adapter_cfg))
+    target = {"step": jax.ShapeDtypeStruct((), np.int32), "params": params,
+              "adapter_state": astate}
     out = ck.restore_adapters(checkpoints.abstract_like(target), step)
   finally:
     ck.close()
-  return int(out["step"]), {p: np.asarray(v.get_value()) for p, v in out["params"].flat_state()}
+  params = stacking.looped_state(out["params"], cfg.num_layers)
+  return int(out["step"]), {p: np.asarray(v.get_value()) for p, v in params.flat_state()}
+
+
+def _in_layout(model_cfg, ck: checkpoints.RunCheckpointer, step: int | None = None):
+  """`model_cfg` with the layer layout (looped or scanned) of the run's checkpoint."""
+  return model_cfg.replace(scan_layers=ck.layout(step) == stacking.SCANNED)
 
 
 def trained_model(model_dir: str, settings: dict | None = None):
@@ -57,14 +68,15 @@ def trained_model(model_dir: str, settings: dict | None = None):
   from flax import nnx  # pylint: disable=g-import-not-at-top
   s = settings or run_settings(model_dir)
   mesh = sharding.make_mesh()
-  model = experiment.build_model(s["model"], s["adapter"], mesh,
-                                 base_checkpoint=s["base_checkpoint"])
-  graphdef, params, astate, frozen = trainer.split_model(model)
   ck = checkpoints.RunCheckpointer(model_dir, async_save=False)
   try:
+    model = experiment.build_model(_in_layout(s["model"], ck), s["adapter"], mesh,
+                                   base_checkpoint=s["base_checkpoint"])
+    graphdef, params, astate, frozen = trainer.split_model(model)
     out = ck.restore_adapters(checkpoints.abstract_like(
         {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params,
          "adapter_state": astate}))
   finally:
     ck.close()
-  return nnx.merge(graphdef, out["params"], out["adapter_state"], frozen), s
+  # Looped, whichever layout the run trained in: analyses address layers by index.
+  return build.looped(nnx.merge(graphdef, out["params"], out["adapter_state"], frozen)), s

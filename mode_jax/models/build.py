@@ -46,6 +46,21 @@ def build_sharded(cfg: config_lib.ModelConfig,
   return nnx.merge(graphdef, state)
 
 
+def looped(model: transformer.Transformer) -> transformer.Transformer:
+  """`model` in the looped layout: the same numbers, block i at `layers/<i>/...`.
+
+  A looped model is returned as is; a scanned one (`scan_layers`) is
+  unstacked into a looped twin (`stacking.looped_state`; the layer weights
+  exist twice while it is built). Tools that address layers by index
+  (exports, analyses of run checkpoints) read a scanned run through this.
+  """
+  if not model.config.scan_layers:
+    return model
+  twin = abstract_model(model.config.replace(scan_layers=False), model.adapter_config)
+  graphdef, _ = nnx.split(twin)
+  return nnx.merge(graphdef, stacking.looped_state(nnx.state(model), model.config.num_layers))
+
+
 def load_base(model: transformer.Transformer, load: Callable[[nnx.Module], None],
               mesh: jax.sharding.Mesh, rules=sharding.DEFAULT_RULES) -> None:
   """Fills `model`'s frozen base with a loader written for looped layers.

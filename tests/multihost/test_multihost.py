@@ -150,6 +150,38 @@ def test_evaluation_decodes_each_example_once(runs):
 
 
 @pytest.mark.slow
+def test_validation_loss_of_two_processes_equals_one(runs):
+  """Row-sharded teacher-forced loss: same numbers, each held-out row counted once."""
+  dirs = {}
+  for name in ("loss_one", "loss_two"):
+    dirs[name] = os.path.join(runs["root"], name)
+    shutil.copytree(os.path.join(runs["two"], "checkpoints"),
+                    os.path.join(dirs[name], "checkpoints"))
+
+  def args(model_dir):
+    bindings = [f"MODEL_DIR = '{model_dir}'", f"SNI_DIR = '{procs.SNI}'",
+                f"VOCAB_PATH = '{procs.VOCAB}'", "INPUT_LENGTH = 48",
+                "TASK_FEATURE_LENGTHS = {'inputs': 48, 'targets': 8}", "RANK = 4",
+                "evaluate.allow_missing = True",
+                f"evaluate.mixture_or_task_name = '{procs.TRAIN_TASK}'",
+                "evaluate.evaluators = [@evaluators.ValidationLoss()]",
+                "evaluators.ValidationLoss.batch_size = 4"]
+    return ([f"--gin_file={f}" for f in procs.GIN_FILES + ("runs/eval.gin",)]
+            + [f"--gin_bindings={b}" for b in bindings])
+
+  one = procs.launch("mode_jax.eval", args(dirs["loss_one"]), None, 4,
+                     os.path.join(runs["root"], "logs_l1"))
+  procs.run("mode_jax.eval", args(dirs["loss_two"]), 2, 2,
+            os.path.join(runs["root"], "logs_l2"))
+  one.wait()
+  got = [json.load(open(os.path.join(d, "eval", f"validation_loss_{STEPS}.json")))
+         for d in dirs.values()]
+  assert got[0]["tokens"] == got[1]["tokens"] > 0
+  np.testing.assert_allclose(got[1]["loss"], got[0]["loss"], rtol=1e-5)
+  assert list(got[0]["per_task"]) == [procs.TRAIN_TASK]
+
+
+@pytest.mark.slow
 def test_four_processes_train_as_one(tmp_path, runs):
   root = str(tmp_path)
   one = procs.launch("mode_jax.train", procs.gin_args(

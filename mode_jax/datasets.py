@@ -1,0 +1,218 @@
+"""Where `train` and `eval` get their data: a small protocol, SNI the default.
+
+The entry points never build a data pipeline themselves. They take a
+`Dataset` (gin: `train.dataset = @datasets.SniDataset()`, or any object with
+the methods below, e.g. a second corpus registered with seqio) and ask it for:
+
+    prepare(mixture_or_task_name, task_feature_lengths)   register, validate
+    vocabulary()                                          ids <-> text
+    batches(spec: BatchSpec) -> BatchStream               this process's rows
+    task_names(mixture_or_task_name) -> [str]             for per-task losses
+    eval_examples(tasks, split) -> [PreparedExample]      for decode-and-score
+
+A `BatchStream` yields the feature converter's numpy dicts
+(`decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`,
+...) of `spec.batch_size` rows and saves its position in the run checkpoint:
+`save_checkpoint(directory, process_index)`, `restore_checkpoint(directory,
+process_index)` and `state()` (a JSON-able dict), as
+`data.pipeline.BatchIterator` does; every process saves its own.
+
+When `train.dataset` is not bound, the entry points build `SniDataset` from
+their SNI settings (`train.sni_dir`, `train.sni`, `train.vocab_path`, ...),
+so every gin file written before this seam keeps working. Nothing here
+imports TensorFlow: `SniDataset` imports `mode_jax.data` when it is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Iterator, Mapping, Sequence
+
+from mode_jax import files
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+  """What a caller asks of `Dataset.batches` (the rows of this process).
+
+  Attributes:
+    mixture_or_task_name: registered mixture or task (MIXTURE_OR_TASK_NAME).
+    task_feature_lengths: {"inputs": N, "targets": M}.
+    batch_size: rows per batch of this process (global batch / shards).
+    split: "train", "validation" or "test".
+    shuffle: shuffle (training).
+    seed: seed of shuffles and mixture sampling.
+    shard_id, num_shards: this process's data shard (`trainer.data_shard`).
+    shards_per_host: data shards read by this process (`train.data_shards`).
+    pack: pack several examples per row.
+    num_epochs: None repeats forever (training); 1: one pass (evaluation),
+      the last batch may have fewer rows.
+    save_iterator: checkpoint the full iterator state, else the position only.
+  """
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  batch_size: int
+  split: str = "train"
+  shuffle: bool = True
+  seed: int = 0
+  shard_id: int = 0
+  num_shards: int = 1
+  shards_per_host: int = 1
+  pack: bool = False
+  num_epochs: int | None = None
+  save_iterator: bool = True
+
+  def __post_init__(self):
+    if not isinstance(self.batch_size, int) or self.batch_size < 1:
+      raise ValueError(f"BatchSpec.batch_size must be a positive int, got {self.batch_size!r}")
+    if not 0 <= self.shard_id < self.num_shards:
+      raise ValueError(f"BatchSpec: need 0 <= shard_id < num_shards, got {self.shard_id}, "
+                       f"{self.num_shards}")
+
+
+@typing.runtime_checkable
+class BatchStream(typing.Protocol):
+  """An iterator of numpy batches whose position goes into run checkpoints."""
+
+  def __next__(self) -> dict: ...
+
+  def state(self) -> dict: ...
+
+  def save_checkpoint(self, directory: str, process_index: int = 0) -> None: ...
+
+  def restore_checkpoint(self, directory: str, process_index: int = 0) -> None: ...
+
+
+@typing.runtime_checkable
+class Dataset(typing.Protocol):
+  """What `train` and `evaluate` need of a dataset (see the module docstring)."""
+
+  def prepare(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int]) -> None:
+    """Registers what `mixture_or_task_name` needs; raises naming a bad setting."""
+
+  def vocabulary(self) -> Any:
+    """The seqio vocabulary of the token ids (vocab_size, eos_id, pad_id, decode)."""
+
+  def batches(self, spec: BatchSpec) -> BatchStream:
+    """This process's batches of `spec`."""
+
+  def task_names(self, mixture_or_task_name: str) -> list[str]:
+    """The task names (as `BatchSpec.mixture_or_task_name`) of a mixture or task."""
+
+  def eval_examples(self, tasks: Sequence[str] | None, split: str) -> list:
+    """Decode-and-score examples (`data.prepare.PreparedExample`) of `tasks`."""
+
+
+@dataclasses.dataclass
+class SniDataset:
+  """Super-NaturalInstructions through SeqIO: the default `Dataset`.
+
+  Attributes:
+    sni_dir: SNI root (SNI_DIR); its tasks and mixtures (`sni_train`, ...)
+      are registered by `prepare`. None: the mixture is registered elsewhere
+      (any seqio mixture then works; `eval_examples` needs an SNI_DIR).
+    sni: data.SniConfig (prompts, splits); None: the defaults with the
+      inputs budget of TASK_FEATURE_LENGTHS.
+    vocab_path: SentencePiece model (VOCAB_PATH); None: the shipped tiny one.
+    allow_missing: accept a partial SNI copy.
+    cache_dir: prepared TFRecords (default `~/.cache/mode_jax`).
+
+  `prepare` remembers the lengths and the selected tasks (the default tasks
+  of `eval_examples`), hence not frozen.
+  """
+  sni_dir: str | None = None
+  sni: Any = None
+  vocab_path: str | None = None
+  allow_missing: bool = False
+  cache_dir: str | None = None
+  _lengths: dict | None = dataclasses.field(default=None, init=False, repr=False)
+  _selected: tuple | None = dataclasses.field(default=None, init=False, repr=False)
+
+  def _sni(self, lengths: Mapping[str, int] | None):
+    from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
+    if self.sni is not None:
+      return self.sni
+    return data_config.SniConfig(**({"max_input_tokens": lengths["inputs"]} if lengths else {}))
+
+  def register(self, task_feature_lengths: Mapping[str, int] | None = None, **kw):
+    """`data.tasks.register_sni` of SNI_DIR (None without one); kw: its options."""
+    if not self.sni_dir:
+      return None
+    from mode_jax.data import tasks  # pylint: disable=g-import-not-at-top
+    if not files.isdir(self.sni_dir):
+      raise FileNotFoundError(f"SNI_DIR {self.sni_dir!r} is not a directory")
+    return tasks.register_sni(self.sni_dir, self._sni(task_feature_lengths),
+                              vocab_path=self.vocab_path, cache_dir=self.cache_dir,
+                              allow_missing=self.allow_missing, **kw)
+
+  def prepare(self, mixture_or_task_name, task_feature_lengths):
+    from mode_jax.data import tasks  # pylint: disable=g-import-not-at-top
+    reg = self.register(task_feature_lengths)
+    self._lengths = dict(task_feature_lengths)
+    self._selected = reg.selected if reg else None
+    tasks.require_examples(mixture_or_task_name)  # registered, with examples, files valid
+
+  def vocabulary(self):
+    from mode_jax.data import vocab  # pylint: disable=g-import-not-at-top
+    return vocab.get_vocabulary(self.vocab_path)
+
+  def batches(self, spec: BatchSpec):
+    from mode_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    it = pipeline.BatchIterator(
+        spec.mixture_or_task_name, spec.task_feature_lengths, spec.batch_size,
+        split=spec.split, shuffle=spec.shuffle, seed=spec.seed, shard_id=spec.shard_id,
+        num_shards=spec.num_shards, pack=spec.pack, num_epochs=spec.num_epochs,
+        shards_per_host=spec.shards_per_host)
+    it.save_iterator = spec.save_iterator
+    return it
+
+  def task_names(self, mixture_or_task_name):
+    import seqio  # pylint: disable=g-import-not-at-top
+    mix = seqio.get_mixture_or_task(mixture_or_task_name)
+    return [t.name for t in mix.tasks] if isinstance(mix, seqio.Mixture) else [mix.name]
+
+  def eval_examples(self, tasks, split="validation"):
+    """SNI examples of `tasks` (SNI names; None: the default selection of `split`)."""
+    from mode_jax.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+    if not self.sni_dir:
+      raise ValueError("decode-and-score evaluation needs SNI_DIR (train.sni_dir or "
+                       "datasets.SniDataset.sni_dir)")
+    lengths = self._lengths
+    if tasks is None and split != "test":
+      tasks = self._selected
+    if tasks is None:  # the train-split selection (validation) or the test split
+      tasks = self.register(lengths, case_study=False, test=False,
+                            split="test" if split == "test" else "train").selected
+    return tasks_lib.eval_examples(self.sni_dir, list(tasks), self._sni(lengths), split=split,
+                                   vocab_path=self.vocab_path,
+                                   allow_missing=self.allow_missing)
+
+
+def check_dataset(dataset: Any, what: str = "train.dataset") -> Dataset:
+  """`dataset` if it has every method of `Dataset`, else a ValueError naming the missing ones."""
+  missing = [m for m in ("prepare", "vocabulary", "batches", "task_names", "eval_examples")
+             if not callable(getattr(dataset, m, None))]
+  if missing:
+    raise ValueError(f"{what}={dataset!r} is not a datasets.Dataset: it lacks "
+                     f"{', '.join(missing)}")
+  return dataset
+
+
+def finite_batches(dataset: Dataset, spec: BatchSpec) -> Iterator[dict]:
+  """One pass over `spec` (num_epochs=1), every batch padded to `spec.batch_size` rows.
+
+  Padding rows are zeros: zero loss weight, so they add nothing to a loss.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  stream = dataset.batches(dataclasses.replace(spec, num_epochs=1, shuffle=False))
+  while True:
+    try:
+      batch = next(stream)
+    except StopIteration:
+      return
+    rows = next(iter(batch.values())).shape[0]
+    if rows < spec.batch_size:
+      batch = {k: np.concatenate([v, np.zeros((spec.batch_size - rows,) + v.shape[1:],
+                                              v.dtype)]) for k, v in batch.items()}
+    yield batch
