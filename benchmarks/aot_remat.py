@@ -38,6 +38,8 @@ ROWS = {
     "scanned_save_all_dots_mb4": (True, "save_all_dots", 4),
     "scanned_full_mb1": (True, "full", 1),
     "scanned_save_dots_mb1": (True, "save_dots", 1),
+    "scanned_none_mb1": (True, "none", 1),
+    "scanned_save_all_dots_mb1": (True, "save_all_dots", 1),
     "scanned_full_mb2": (True, "full", 2),
     "scanned_save_dots_mb2": (True, "save_dots", 2),
 }
