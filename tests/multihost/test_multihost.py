@@ -105,21 +105,34 @@ def test_sigkill_of_all_processes_then_restart_ends_the_same(runs):
   assert_same_items(runs["two"], model_dir, STEPS)
 
 
-@pytest.mark.slow
-def test_evaluation_decodes_each_example_once(runs):
+def restored_copies(runs, names) -> dict:
+  """Fresh run directories holding the 2-process run's checkpoints, by name."""
   dirs = {}
-  for name in ("eval_one", "eval_two"):
+  for name in names:
     dirs[name] = os.path.join(runs["root"], name)
     shutil.copytree(os.path.join(runs["two"], "checkpoints"),
                     os.path.join(dirs[name], "checkpoints"))
+  return dirs
+
+
+def eval_args(model_dir: str, run_gin: str, extra) -> list[str]:
+  """Flags of an eval/infer entry point on the tiny multi-host setup."""
+  bindings = [f"MODEL_DIR = '{model_dir}'", f"SNI_DIR = '{procs.SNI}'",
+              f"VOCAB_PATH = '{procs.VOCAB}'", "INPUT_LENGTH = 48",
+              "TASK_FEATURE_LENGTHS = {'inputs': 48, 'targets': 8}", "RANK = 4",
+              "evaluate.allow_missing = True", *extra]
+  return ([f"--gin_file={f}" for f in procs.GIN_FILES + (run_gin,)]
+          + [f"--gin_bindings={b}" for b in bindings])
+
+
+@pytest.mark.slow
+def test_evaluation_decodes_each_example_once(runs):
+  dirs = restored_copies(runs, ("eval_one", "eval_two"))
 
   def args(model_dir):
-    bindings = [f"MODEL_DIR = '{model_dir}'", f"SNI_DIR = '{procs.SNI}'",
-                f"VOCAB_PATH = '{procs.VOCAB}'", "INPUT_LENGTH = 48",
-                "TASK_FEATURE_LENGTHS = {'inputs': 48, 'targets': 8}", "RANK = 4",
-                "evaluate.allow_missing = True", f"evaluate.tasks = {EVAL_TASKS}",
-                "evaluate.max_decode_len = 4", "evaluate.batch_size = 8"]
-    return ([f"--gin_file={f}" for f in procs.GIN_FILES + ("runs/infer.gin",)] + [f"--gin_bindings={b}" for b in bindings])
+    return eval_args(model_dir, "runs/infer.gin", [
+        f"evaluate.tasks = {EVAL_TASKS}", "evaluate.max_decode_len = 4",
+        "evaluate.batch_size = 8"])
 
   one = procs.launch("mode_jax.infer", args(dirs["eval_one"]), None, 4,
                      os.path.join(runs["root"], "logs_e1"))
@@ -152,22 +165,13 @@ def test_evaluation_decodes_each_example_once(runs):
 @pytest.mark.slow
 def test_validation_loss_of_two_processes_equals_one(runs):
   """Row-sharded teacher-forced loss: same numbers, each held-out row counted once."""
-  dirs = {}
-  for name in ("loss_one", "loss_two"):
-    dirs[name] = os.path.join(runs["root"], name)
-    shutil.copytree(os.path.join(runs["two"], "checkpoints"),
-                    os.path.join(dirs[name], "checkpoints"))
+  dirs = restored_copies(runs, ("loss_one", "loss_two"))
 
   def args(model_dir):
-    bindings = [f"MODEL_DIR = '{model_dir}'", f"SNI_DIR = '{procs.SNI}'",
-                f"VOCAB_PATH = '{procs.VOCAB}'", "INPUT_LENGTH = 48",
-                "TASK_FEATURE_LENGTHS = {'inputs': 48, 'targets': 8}", "RANK = 4",
-                "evaluate.allow_missing = True",
-                f"evaluate.mixture_or_task_name = '{procs.TRAIN_TASK}'",
-                "evaluate.evaluators = [@evaluators.ValidationLoss()]",
-                "evaluators.ValidationLoss.batch_size = 4"]
-    return ([f"--gin_file={f}" for f in procs.GIN_FILES + ("runs/eval.gin",)]
-            + [f"--gin_bindings={b}" for b in bindings])
+    return eval_args(model_dir, "runs/eval.gin", [
+        f"evaluate.mixture_or_task_name = '{procs.TRAIN_TASK}'",
+        "evaluate.evaluators = [@evaluators.ValidationLoss()]",
+        "evaluators.ValidationLoss.batch_size = 4"])
 
   one = procs.launch("mode_jax.eval", args(dirs["loss_one"]), None, 4,
                      os.path.join(runs["root"], "logs_l1"))
