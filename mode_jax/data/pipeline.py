@@ -37,12 +37,26 @@ pipeline produced no first batch in 8 minutes (TF 2.21), so it is off. The
 older `state()` / `restore(state)` pair skips the consumed batches (a
 re-read that grows with the step) and stays for comparison
 (benchmarks/resume_data.py).
+
+A tf.data state fits only the graph that wrote it: a checkpoint of an
+older mode_jax, or of another task list, restored into this pipeline would
+fail at the first batch with a bare tf.data error ("Expected 3 components
+but got 8"). So `save_checkpoint` records the pipeline's structure
+(`structure_fingerprint`: each dataset op with its element types, no paths
+or names) and `restore_checkpoint` uses the saved state only when it
+matches; otherwise, or for a state saved before the fingerprint existed, it
+logs why and re-reads the consumed batches to the same position (the data
+order does not depend on the tf.data state). The re-read runs through the
+unchanged pipeline (no `skip` in the graph), so the next checkpoint is a
+full one again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 import os
 import tempfile
 from typing import Iterator, Mapping
@@ -123,8 +137,8 @@ def _shard_dataset(cfg: PipelineConfig, shard: seqio.ShardInfo,
   return ds.batch(batch_size, drop_remainder=cfg.num_epochs is None)
 
 
-def make_dataset(cfg: PipelineConfig, skip_batches: int = 0) -> tf.data.Dataset:
-  """The batched tf.data pipeline of `cfg`, after `skip_batches` batches."""
+def make_dataset(cfg: PipelineConfig) -> tf.data.Dataset:
+  """The batched tf.data pipeline of `cfg`."""
   k = cfg.shards_per_host
   parts = [_shard_dataset(cfg, seqio.ShardInfo(cfg.shard_id * k + i, cfg.num_shards * k),
                           cfg.batch_size // k) for i in range(k)]
@@ -134,9 +148,21 @@ def make_dataset(cfg: PipelineConfig, skip_batches: int = 0) -> tf.data.Dataset:
     ds = tf.data.Dataset.zip(tuple(parts)).map(
         lambda *bs: {key: tf.concat([b[key] for b in bs], 0) for key in bs[0]})
   ds = ds.map(lambda b: {k: tf.cast(v, tf.int32) for k, v in b.items()})
-  if skip_batches:
-    ds = ds.skip(skip_batches)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def structure_fingerprint(ds: tf.data.Dataset) -> str:
+  """A hash of the dataset ops of `ds`'s graph and their element types.
+
+  Two pipelines with equal fingerprints have the same iterator state
+  layout (what a tf.data checkpoint of one needs of the other); paths,
+  task names, seeds and lengths do not enter it. Milliseconds to compute.
+  """
+  graph = tf.compat.v1.GraphDef()
+  graph.ParseFromString(ds._as_serialized_graph().numpy())  # pylint: disable=protected-access
+  ops = [f"{n.op}{list(n.attr['output_types'].list.type)}" for n in graph.node
+         if "Dataset" in n.op]
+  return hashlib.sha256("\n".join(ops).encode()).hexdigest()[:16]
 
 
 class BatchIterator:
@@ -160,12 +186,17 @@ class BatchIterator:
                                  pack, num_epochs, cache_in_memory, shards_per_host)
     self._consumed = 0
     self._it = None
+    self._fingerprint = None
     self._fresh = False  # _it was built at batch 0 and has yielded nothing yet
     self.save_iterator = True  # save_checkpoint: tf.data state, or the position only
 
   def _iterator(self) -> Iterator:
     if self._it is None:
-      self._it = iter(make_dataset(self.config, self._consumed))
+      ds = make_dataset(self.config)
+      self._fingerprint = structure_fingerprint(ds)
+      self._it = iter(ds)
+      for _ in range(self._consumed):  # A re-read (restore(state)); not ds.skip: the
+        next(self._it)                 # graph stays that of a fresh pipeline.
       self._fresh = self._consumed == 0
     return self._it
 
@@ -236,10 +267,13 @@ class BatchIterator:
         for name in os.listdir(tmp):
           if name.startswith(f"process_{process_index}."):
             files.copy(os.path.join(tmp, name), files.join(str(directory), name))
-    files.write_text(meta, json.dumps(self.state()))
+    files.write_text(meta, json.dumps({**self.state(), "pipeline": self._fingerprint}))
 
   def restore_checkpoint(self, directory: str, process_index: int = 0) -> None:
     """Continues from a `save_checkpoint`: constant time, whatever the position.
+
+    A tf.data state saved by a pipeline of another structure (see the module
+    docstring) is not used: the consumed batches are re-read instead.
 
     Raises:
       FileNotFoundError: no state of process `process_index` under `directory`.
@@ -256,6 +290,18 @@ class BatchIterator:
       return
     if not self._fresh:  # a pipeline at batch 0 that has yielded nothing
       self._consumed, self._it = 0, None
+    self._iterator()
+    if state.get("pipeline") != self._fingerprint:
+      logging.warning(
+          "data iterator state %r: its tf.data state was saved by a pipeline of another "
+          "structure (fingerprint %s, this one %s: an older mode_jax or another task "
+          "list); re-reading %d batches to the same position instead", meta,
+          state.get("pipeline", "none, saved before fingerprints"), self._fingerprint,
+          int(state["batches"]))
+      for _ in range(int(state["batches"])):
+        next(self._it)
+      self._consumed, self._fresh = int(state["batches"]), False
+      return
     with tempfile.TemporaryDirectory() as tmp:
       stem = f"process_{process_index}."
       for name in files.listdir(str(directory)):

@@ -85,3 +85,36 @@ def test_iterator_checkpoint_continues_the_stream(reg, tmp_path):
   with pytest.raises(ValueError, match="shard_id"):
     pipeline.BatchIterator(**{**kw, "shard_id": 0}).restore_checkpoint(
         str(tmp_path), process_index=1)
+
+
+def test_state_of_another_pipeline_structure_is_re_read_not_restored(reg, tmp_path, monkeypatch,
+                                                                     caplog):
+  # Before the training stream dropped its text, its shuffle buffers held 8
+  # features; that tf.data state, restored into today's pipeline, failed at the
+  # first batch ("Expected 3 components but got 8"). It is now detected and the
+  # position re-read, and the stream is the same.
+  kw = dict(mixture_or_task_name="msni_train", task_feature_lengths=LENGTHS, batch_size=3,
+            seed=11)
+  ref = pipeline.BatchIterator(**kw)
+  want = [next(ref) for _ in range(5)]
+  with monkeypatch.context() as m:
+    m.setattr(tasks, "TRAIN_FEATURES", tuple(tasks.TRAIN_FEATURES) + (
+        "inputs_pretokenized", "targets_pretokenized", "references", "task", "category"))
+    old = pipeline.BatchIterator(**kw)
+    for _ in range(3):
+      next(old)
+    old.save_checkpoint(str(tmp_path))
+  state = pipeline.BatchIterator(**kw)
+  with caplog.at_level("WARNING"):
+    state.restore_checkpoint(str(tmp_path))
+  assert "another structure" in caplog.text and "re-reading 3 batches" in caplog.text
+  assert state.state()["batches"] == 3
+  _equal(next(state), want[3])
+  # The next checkpoint is a full one of this pipeline, restored without a re-read.
+  state.save_checkpoint(str(tmp_path / "new"))
+  caplog.clear()
+  again = pipeline.BatchIterator(**kw)
+  with caplog.at_level("WARNING"):
+    again.restore_checkpoint(str(tmp_path / "new"))
+  assert "another structure" not in caplog.text
+  _equal(next(again), want[4])
