@@ -1,6 +1,7 @@
 """The CPU-scale study, one command: disjoint base, 4 methods x 3 seeds, seen and unseen tasks.
 
   python scripts/study.py --root work_dirs/study            # resumable: rerun to continue
+  python scripts/study.py --root work_dirs/study --jobs 2   # two runs at a time, a core each
   python scripts/study.py --root work_dirs/study --report_only
 
 Steps (each skipped when its outputs exist, so an interrupted study resumes):
@@ -26,8 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -98,6 +101,50 @@ def routing_run(job: backends.Job, python: str, log=print) -> None:
     log(f"{job.model_dir}: routing FAILED (exit {rc}), see routing.log")
 
 
+def run_job(job: backends.Job, python: str, log=print) -> None:
+  """Train and evaluate (seen) one point, then its unseen evaluation and routing."""
+  backends.run_local([job], python, log=log)
+  if rundirs.train_done(job.model_dir):
+    evaluate_split(job, "test", python, log)
+    routing_run(job, python, log)
+
+
+def run_jobs(jobs, python: str, num_workers: int = 1, log=print) -> None:
+  """Runs the jobs in order, `num_workers` at a time.
+
+  With several workers each worker thread pins itself to its own share of
+  this process's CPUs (`os.sched_setaffinity(0, ...)` applies to the
+  calling thread on Linux, and the runs it starts inherit it), so two runs
+  on a 2-core machine take a core each, as one run pinned to one core does
+  (the times in docs/cpu_reproduction.md). Each run directory has its own
+  run lock; nothing else is shared.
+  """
+  if num_workers <= 1:
+    for job in jobs:
+      run_job(job, python, log)
+    return
+  cpus = sorted(os.sched_getaffinity(0))
+  todo = queue.Queue()
+  for job in jobs:
+    todo.put(job)
+
+  def worker(k):
+    mine = cpus[k::num_workers] or cpus
+    os.sched_setaffinity(0, mine)
+    while True:
+      try:
+        job = todo.get_nowait()
+      except queue.Empty:
+        return
+      run_job(job, python, lambda s: log(f"(cpu {','.join(map(str, mine))}) {s}"))
+
+  threads = [threading.Thread(target=worker, args=(k,)) for k in range(num_workers)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,6 +155,8 @@ def main(argv=None) -> int:
                   help="default: the quickstart's (shares its cached base)")
   ap.add_argument("--gin_bindings", action="append", default=[])
   ap.add_argument("--report_only", action="store_true")
+  ap.add_argument("--jobs", type=int, default=1,
+                  help="runs at a time, each pinned to its share of the CPUs (2 on 2 cores)")
   ap.add_argument("--python", default=sys.executable)
   args = ap.parse_args(argv)
   root = os.path.abspath(args.root)
@@ -127,11 +176,7 @@ def main(argv=None) -> int:
     for split in study_lib.SPLITS:  # the frozen base alone, the reference
       evaluate_split(base_job(root, gin_files, base), split, args.python, log)
     # Run by run (seed 0 of every method first), so a partial study is usable.
-    for job in jobs:
-      backends.run_local([job], args.python, log=log)
-      if rundirs.train_done(job.model_dir):
-        evaluate_split(job, "test", args.python, log)
-        routing_run(job, args.python, log)
+    run_jobs(jobs, args.python, args.jobs, log)
   from mode_jax.experiments import study_report  # pylint: disable=g-import-not-at-top
   out = study_report.write(root, sni_dir)
   log(open(out["markdown"]).read())

@@ -103,3 +103,26 @@ def test_study_script_jobs(scripts, tmp_path):
   assert argv[:3] == ["python", "-m", "mode_jax.eval"]
   assert argv[-2:] == ['--gin_bindings=evaluate.split="test"',
                        '--gin_bindings=evaluate.predictions_file="predictions_test.jsonl"']
+
+
+def test_study_runs_jobs_once_each_on_their_own_cores(scripts, monkeypatch):
+  mod = scripts("study")
+  seen = []
+  lock = __import__("threading").Lock()
+
+  def fake_run_job(job, python, log):
+    with lock:
+      seen.append((job, frozenset(os.sched_getaffinity(0))))
+
+  monkeypatch.setattr(mod, "run_job", fake_run_job)
+  jobs = [f"job{i}" for i in range(7)]
+  mod.run_jobs(jobs, "python", num_workers=1)
+  assert [j for j, _ in seen] == jobs  # one worker: in order, in this thread
+  seen.clear()
+  cpus = sorted(os.sched_getaffinity(0))
+  mod.run_jobs(jobs, "python", num_workers=2)
+  assert sorted(j for j, _ in seen) == jobs
+  masks = {m for _, m in seen}
+  if len(cpus) >= 2:  # each worker on its own half of the CPUs
+    assert masks <= {frozenset(cpus[0::2]), frozenset(cpus[1::2])}
+  assert set(os.sched_getaffinity(0)) == set(cpus)  # the caller's own mask is untouched
