@@ -36,6 +36,9 @@ from mode_jax import files
 class BatchSpec:
   """What a caller asks of `Dataset.batches` (the rows of this process).
 
+  Also the options of the SNI iterator (`data.pipeline.BatchIterator`,
+  whose `PipelineConfig` is this class).
+
   Attributes:
     mixture_or_task_name: registered mixture or task (MIXTURE_OR_TASK_NAME).
     task_feature_lengths: {"inputs": N, "targets": M}.
@@ -44,11 +47,16 @@ class BatchSpec:
     shuffle: shuffle (training).
     seed: seed of shuffles and mixture sampling.
     shard_id, num_shards: this process's data shard (`trainer.data_shard`).
-    shards_per_host: data shards read by this process (`train.data_shards`).
+    shards_per_host: data shards read by this process (`train.data_shards`);
+      `batch_size` must divide by it.
     pack: pack several examples per row.
     num_epochs: None repeats forever (training); 1: one pass (evaluation),
       the last batch may have fewer rows.
     save_iterator: checkpoint the full iterator state, else the position only.
+    cache_in_memory: let seqio keep small tasks (< 10k examples per shard)
+      in memory after the first pass. Faster, but on the full SNI data
+      nearly every task qualifies (several GB per host), so it is off by
+      default.
   """
   mixture_or_task_name: str
   task_feature_lengths: Mapping[str, int]
@@ -62,13 +70,27 @@ class BatchSpec:
   pack: bool = False
   num_epochs: int | None = None
   save_iterator: bool = True
+  cache_in_memory: bool = False
 
   def __post_init__(self):
+    lengths = dict(self.task_feature_lengths)
+    if set(lengths) != {"inputs", "targets"} or any(
+        not isinstance(v, int) or v < 1 for v in lengths.values()):
+      raise ValueError("BatchSpec.task_feature_lengths must be {'inputs': N, "
+                       f"'targets': M}} with positive ints, got {lengths}")
     if not isinstance(self.batch_size, int) or self.batch_size < 1:
       raise ValueError(f"BatchSpec.batch_size must be a positive int, got {self.batch_size!r}")
+    if not isinstance(self.seed, int):
+      raise ValueError(f"BatchSpec.seed must be an int, got {self.seed!r}")
     if not 0 <= self.shard_id < self.num_shards:
       raise ValueError(f"BatchSpec: need 0 <= shard_id < num_shards, got {self.shard_id}, "
                        f"{self.num_shards}")
+    if (not isinstance(self.shards_per_host, int) or self.shards_per_host < 1
+        or self.batch_size % self.shards_per_host):
+      raise ValueError(f"BatchSpec.shards_per_host must be a positive int dividing "
+                       f"batch_size={self.batch_size}, got {self.shards_per_host!r}")
+    if self.num_epochs is not None and self.num_epochs < 1:
+      raise ValueError(f"BatchSpec.num_epochs must be None or >= 1, got {self.num_epochs}")
 
 
 @typing.runtime_checkable
@@ -102,6 +124,11 @@ class Dataset(typing.Protocol):
 
   def eval_examples(self, tasks: Sequence[str] | None, split: str) -> list:
     """Decode-and-score examples (`data.prepare.PreparedExample`) of `tasks`."""
+
+
+# The data.SniConfig a training run used (prompts, budget, held-out split), in
+# its MODEL_DIR: `evaluate` builds the same prompts and split from it.
+SNI_CONFIG_FILE = "sni_config.json"
 
 
 @dataclasses.dataclass
@@ -153,19 +180,18 @@ class SniDataset:
     self._selected = reg.selected if reg else None
     tasks.require_examples(mixture_or_task_name)  # registered, with examples, files valid
 
+  def write_run_config(self, model_dir: str, task_feature_lengths: Mapping[str, int]) -> None:
+    """Writes the SniConfig of these prompts to MODEL_DIR/sni_config.json."""
+    files.write_json(files.join(model_dir, SNI_CONFIG_FILE),
+                     dataclasses.asdict(self._sni(task_feature_lengths)))
+
   def vocabulary(self):
     from mode_jax.data import vocab  # pylint: disable=g-import-not-at-top
     return vocab.get_vocabulary(self.vocab_path)
 
   def batches(self, spec: BatchSpec):
     from mode_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-    it = pipeline.BatchIterator(
-        spec.mixture_or_task_name, spec.task_feature_lengths, spec.batch_size,
-        split=spec.split, shuffle=spec.shuffle, seed=spec.seed, shard_id=spec.shard_id,
-        num_shards=spec.num_shards, pack=spec.pack, num_epochs=spec.num_epochs,
-        shards_per_host=spec.shards_per_host)
-    it.save_iterator = spec.save_iterator
-    return it
+    return pipeline.BatchIterator.from_spec(spec)
 
   def task_names(self, mixture_or_task_name):
     import seqio  # pylint: disable=g-import-not-at-top
@@ -187,6 +213,20 @@ class SniDataset:
     return tasks_lib.eval_examples(self.sni_dir, list(tasks), self._sni(lengths), split=split,
                                    vocab_path=self.vocab_path,
                                    allow_missing=self.allow_missing)
+
+
+def run_sni_config(model_dir: str, task_feature_lengths: Mapping[str, int]):
+  """The data.SniConfig of the training run in `model_dir` (its sni_config.json).
+
+  Without one (a base-only evaluation, a run trained before the file
+  existed): the defaults with the inputs budget of TASK_FEATURE_LENGTHS, the
+  prompts a training run without SniConfig bindings would have built.
+  """
+  from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
+  path = files.join(model_dir, SNI_CONFIG_FILE)
+  if files.exists(path):
+    return data_config.SniConfig(**files.read_json(path))
+  return data_config.SniConfig(max_input_tokens=task_feature_lengths["inputs"])
 
 
 def check_dataset(dataset: Any, what: str = "train.dataset") -> Dataset:

@@ -51,6 +51,11 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
       split="validation", the test-split tasks for split="test").
     allow_missing: accept a partial SNI copy; None (default): the choice of
       the training run in model_dir (its operative config), else False.
+    sni: data.SniConfig of the prompts and the held-out split; None
+      (default): the training run's (model_dir/sni_config.json, written by
+      train), else the defaults with the inputs budget of
+      TASK_FEATURE_LENGTHS. A prompt budget other than training's would feed
+      the model prompts cut where it never saw them cut.
     predictions_file: write per-example JSONL here (relative to model_dir).
     dataset: a `datasets.Dataset`; None: `datasets.SniDataset` of sni_dir,
       sni, vocab_path and allow_missing.
@@ -75,6 +80,8 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
       raise FileNotFoundError(f"SNI_DIR {sni_dir!r} is not a directory")
     if allow_missing is None:
       allow_missing = training_allow_missing(model_dir)
+    if sni is None:  # the training run's prompts and held-out split
+      sni = datasets.run_sni_config(model_dir, task_feature_lengths)
     dataset = datasets.SniDataset(sni_dir=sni_dir, sni=sni, vocab_path=vocab_path,
                                   allow_missing=allow_missing)
   dataset = datasets.check_dataset(dataset, "evaluate.dataset")

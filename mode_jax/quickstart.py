@@ -94,11 +94,13 @@ def _run(args, t0):
   metrics = eval_lib.evaluate(
       model_dir=args.model_dir, model=model_cfg, adapter=adapter,
       task_feature_lengths=lengths, sni_dir=sni_dir, base_checkpoint=base,
-      allow_missing=True, predictions_file="predictions.jsonl")
+      allow_missing=True, predictions_file="predictions.jsonl",
+      max_decode_len=lengths["targets"])
   print("== the frozen base alone, same evaluation", flush=True)
   base_metrics = eval_lib.evaluate(
       model_dir=os.path.join(args.model_dir, "base_only"), model=model_cfg, adapter=None,
-      task_feature_lengths=lengths, sni_dir=sni_dir, base_checkpoint=base, allow_missing=True)
+      task_feature_lengths=lengths, sni_dir=sni_dir, base_checkpoint=base, allow_missing=True,
+      max_decode_len=lengths["targets"])
   export_dir = export_lib.export(model_dir=args.model_dir, model=model_cfg, adapter=adapter,
                                  base_checkpoint=base)
   _report(summary, metrics, base_metrics, export_dir, args.model_dir, t0, t_base, t_train)

@@ -109,6 +109,8 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
     evaluators = [evaluators_lib.DecodeEvaluation(
         tasks=eval_tasks, max_decode_len=max_decode_len, batch_size=eval_batch_size)]
   lock = runlock.acquire(model_dir)  # One writer per run directory (process 0 holds it).
+  if jax.process_index() == 0 and isinstance(dataset, datasets.SniDataset):
+    dataset.write_run_config(model_dir, task_feature_lengths)  # what `evaluate` rebuilds
 
   _check_vocab(dataset, experiment.model_config(model))
   # Which rows of each global batch this process feeds (multi-host: disjoint).

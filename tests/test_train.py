@@ -112,6 +112,9 @@ def test_train_writes_logs_config_and_checkpoints(runs):
               "eta_sec", "routing/mean_entropy", "routing/layers/0/attn/q/entropy"):
     assert key in lines[-1], key
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(d, "train")))
+  # The prompts' settings, which `evaluate` rebuilds when evaluate.sni is unbound.
+  sni = json.load(open(os.path.join(d, datasets.SNI_CONFIG_FILE)))
+  assert sni["max_input_tokens"] == 48 and sni["eval_fraction"] == 0.1
   periodic = json.load(open(os.path.join(d, "eval", "metrics_4.json")))
   assert list(periodic["per_task"]) == [TASKS[0]]
   evals = [json.loads(l) for l in open(os.path.join(d, "eval_metrics.jsonl"))]

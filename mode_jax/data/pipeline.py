@@ -65,65 +65,13 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from mode_jax import datasets
 from mode_jax import files
 
 
-@dataclasses.dataclass(frozen=True)
-class PipelineConfig:
-  """Options of a `BatchIterator`.
-
-  Attributes:
-    mixture_or_task_name: registered seqio task or mixture.
-    task_feature_lengths: {"inputs": N, "targets": M} (TASK_FEATURE_LENGTHS).
-    batch_size: examples (or packed rows) per batch, per host.
-    split: "train", "validation" or "test".
-    shuffle: shuffle (training).
-    seed: seed of the shuffles and of the mixture sampling.
-    shard_id: this process's shard (jax.process_index()).
-    num_shards: number of shards (jax.process_count()).
-    shards_per_host: seqio shards read by this process (see the module
-      docstring); `batch_size` must divide by it.
-    pack: pack several examples per row.
-    num_epochs: None repeats forever (training default); 1 for evaluation.
-    cache_in_memory: let seqio keep small tasks (< 10k examples per shard)
-      in memory after the first pass. Faster, but on the full SNI data
-      nearly every task qualifies (several GB per host), so it is off by
-      default.
-  """
-  mixture_or_task_name: str
-  task_feature_lengths: Mapping[str, int]
-  batch_size: int
-  split: str = "train"
-  shuffle: bool = True
-  seed: int = 0
-  shard_id: int = 0
-  num_shards: int = 1
-  pack: bool = False
-  num_epochs: int | None = None
-  cache_in_memory: bool = False
-  shards_per_host: int = 1
-
-  def __post_init__(self):
-    lengths = dict(self.task_feature_lengths)
-    if set(lengths) != {"inputs", "targets"} or any(
-        not isinstance(v, int) or v < 1 for v in lengths.values()):
-      raise ValueError("PipelineConfig.task_feature_lengths must be {'inputs': N, "
-                       f"'targets': M}} with positive ints, got {lengths}")
-    if not isinstance(self.batch_size, int) or self.batch_size < 1:
-      raise ValueError(f"PipelineConfig.batch_size must be a positive int, got "
-                       f"{self.batch_size!r}")
-    if not isinstance(self.seed, int):
-      raise ValueError(f"PipelineConfig.seed must be an int, got {self.seed!r}")
-    if not 0 <= self.shard_id < self.num_shards:
-      raise ValueError(f"PipelineConfig: need 0 <= shard_id < num_shards, got "
-                       f"{self.shard_id}, {self.num_shards}")
-    if (not isinstance(self.shards_per_host, int) or self.shards_per_host < 1
-        or self.batch_size % self.shards_per_host):
-      raise ValueError(f"PipelineConfig.shards_per_host must be a positive int dividing "
-                       f"batch_size={self.batch_size}, got {self.shards_per_host!r}")
-    if self.num_epochs is not None and self.num_epochs < 1:
-      raise ValueError(f"PipelineConfig.num_epochs must be None or >= 1, got "
-                       f"{self.num_epochs}")
+# The options of a `BatchIterator`: the fields of a data request (one class,
+# TensorFlow-free, in `mode_jax.datasets`).
+PipelineConfig = datasets.BatchSpec
 
 
 def _shard_dataset(cfg: PipelineConfig, shard: seqio.ShardInfo,
@@ -180,15 +128,22 @@ class BatchIterator:
                batch_size: int, split: str = "train", shuffle: bool = True, seed: int = 0,
                shard_id: int = 0, num_shards: int = 1, pack: bool = False,
                num_epochs: int | None = None, cache_in_memory: bool = False,
-               shards_per_host: int = 1):
-    self.config = PipelineConfig(mixture_or_task_name, dict(task_feature_lengths),
-                                 batch_size, split, shuffle, seed, shard_id, num_shards,
-                                 pack, num_epochs, cache_in_memory, shards_per_host)
+               shards_per_host: int = 1, save_iterator: bool = True):
+    self.config = PipelineConfig(
+        mixture_or_task_name, dict(task_feature_lengths), batch_size, split=split,
+        shuffle=shuffle, seed=seed, shard_id=shard_id, num_shards=num_shards, pack=pack,
+        num_epochs=num_epochs, cache_in_memory=cache_in_memory, shards_per_host=shards_per_host,
+        save_iterator=save_iterator)
     self._consumed = 0
     self._it = None
     self._fingerprint = None
     self._fresh = False  # _it was built at batch 0 and has yielded nothing yet
-    self.save_iterator = True  # save_checkpoint: tf.data state, or the position only
+    self.save_iterator = save_iterator  # save_checkpoint: tf.data state, or the position only
+
+  @classmethod
+  def from_spec(cls, spec: datasets.BatchSpec) -> "BatchIterator":
+    """The iterator of a `Dataset.batches` request."""
+    return cls(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)})
 
   def _iterator(self) -> Iterator:
     if self._it is None:
