@@ -124,6 +124,12 @@ def run_jobs(jobs, python: str, num_workers: int = 1, log=print) -> None:
       run_job(job, python, log)
     return
   cpus = sorted(os.sched_getaffinity(0))
+  lock = threading.Lock()  # one line at a time from the workers
+
+  def say(line):
+    with lock:
+      log(line)
+
   todo = queue.Queue()
   for job in jobs:
     todo.put(job)
@@ -136,7 +142,7 @@ def run_jobs(jobs, python: str, num_workers: int = 1, log=print) -> None:
         job = todo.get_nowait()
       except queue.Empty:
         return
-      run_job(job, python, lambda s: log(f"(cpu {','.join(map(str, mine))}) {s}"))
+      run_job(job, python, lambda s: say(f"(cpu {','.join(map(str, mine))}) {s}"))
 
   threads = [threading.Thread(target=worker, args=(k,)) for k in range(num_workers)]
   for t in threads:
