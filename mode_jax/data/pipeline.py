@@ -138,7 +138,15 @@ class BatchIterator:
     self._it = None
     self._fingerprint = None
     self._fresh = False  # _it was built at batch 0 and has yielded nothing yet
-    self.save_iterator = save_iterator  # save_checkpoint: tf.data state, or the position only
+
+  @property
+  def save_iterator(self) -> bool:
+    """save_checkpoint writes the tf.data state (True) or the position only."""
+    return self.config.save_iterator
+
+  @save_iterator.setter
+  def save_iterator(self, value: bool) -> None:
+    self.config = dataclasses.replace(self.config, save_iterator=value)
 
   @classmethod
   def from_spec(cls, spec: datasets.BatchSpec) -> "BatchIterator":
@@ -150,10 +158,15 @@ class BatchIterator:
       ds = make_dataset(self.config)
       self._fingerprint = structure_fingerprint(ds)
       self._it = iter(ds)
-      for _ in range(self._consumed):  # A re-read (restore(state)); not ds.skip: the
-        next(self._it)                 # graph stays that of a fresh pipeline.
+      self._read(self._consumed)  # a re-read (restore(state))
       self._fresh = self._consumed == 0
     return self._it
+
+  def _read(self, n: int) -> None:
+    """Draws and drops n batches; not `ds.skip`, so the graph (and the
+    fingerprint) stays that of a fresh pipeline."""
+    for _ in range(n):
+      next(self._it)
 
   def build(self) -> None:
     """Builds the tf.data pipeline now (else at the first batch or restore).
@@ -253,8 +266,7 @@ class BatchIterator:
           "list); re-reading %d batches to the same position instead", meta,
           state.get("pipeline", "none, saved before fingerprints"), self._fingerprint,
           int(state["batches"]))
-      for _ in range(int(state["batches"])):
-        next(self._it)
+      self._read(int(state["batches"]))
       self._consumed, self._fresh = int(state["batches"]), False
       return
     with tempfile.TemporaryDirectory() as tmp:
