@@ -130,6 +130,9 @@ class Dataset(typing.Protocol):
 # its MODEL_DIR: `evaluate` builds the same prompts and split from it.
 SNI_CONFIG_FILE = "sni_config.json"
 
+# What `SniDataset.loader` may name: the tf.data loader or the Grain loader.
+LOADERS = ("tfdata", "grain")
+
 
 @dataclasses.dataclass
 class SniDataset:
@@ -144,6 +147,9 @@ class SniDataset:
     vocab_path: SentencePiece model (VOCAB_PATH); None: the shipped tiny one.
     allow_missing: accept a partial SNI copy.
     cache_dir: prepared TFRecords (default `~/.cache/mode_jax`).
+    loader: "tfdata" (`data.pipeline.BatchIterator`, SeqIO's tf.data graph)
+      or "grain" (`data.grain_pipeline.GrainBatchIterator`: ArrayRecord,
+      index shuffle, a few integers of state; another data order).
 
   `prepare` remembers the lengths and the selected tasks (the default tasks
   of `eval_examples`), hence not frozen.
@@ -153,8 +159,14 @@ class SniDataset:
   vocab_path: str | None = None
   allow_missing: bool = False
   cache_dir: str | None = None
+  loader: str = "tfdata"
   _lengths: dict | None = dataclasses.field(default=None, init=False, repr=False)
   _selected: tuple | None = dataclasses.field(default=None, init=False, repr=False)
+
+  def __post_init__(self):
+    if self.loader not in LOADERS:
+      raise ValueError(f"datasets.SniDataset.loader must be one of {', '.join(LOADERS)}, "
+                       f"got {self.loader!r}")
 
   def _sni(self, lengths: Mapping[str, int] | None):
     from mode_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
@@ -190,6 +202,9 @@ class SniDataset:
     return vocab.get_vocabulary(self.vocab_path)
 
   def batches(self, spec: BatchSpec):
+    if self.loader == "grain":
+      from mode_jax.data import grain_pipeline  # pylint: disable=g-import-not-at-top
+      return grain_pipeline.GrainBatchIterator.from_spec(spec)
     from mode_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     return pipeline.BatchIterator.from_spec(spec)
 
