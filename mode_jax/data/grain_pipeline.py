@@ -12,7 +12,7 @@ converter in NumPy), but no per-task tf.data pipeline and no shuffle buffer:
   * Order: `data.index_mixture` maps stream position -> (task, example)
     with the rates SeqIO's mixture would use (`Mixture.get_rate`, i.e.
     `tasks.rate_num_examples` with the registration's cap) and a global
-    index shuffle per task and epoch. The sequence of tasks is seeded per
+    index shuffle per task and epoch (a seeded permutation). The sequence of tasks is seeded per
     shard, so the rows of one global batch are drawn independently (seqio
     draws the same task sequence on every shard).
   * Sharding: stream s of S reads the TaskStore shard (s, S), the examples
