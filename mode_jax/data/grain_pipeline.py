@@ -121,7 +121,8 @@ class _StreamSource:
     present = [i for i, n in enumerate(counts) if n > 0]
     self._offset = np.zeros(len(counts), np.int64)
     self._offset[present] = np.concatenate([[0], np.cumsum([counts[i] for i in present])[:-1]])
-    self._records = array_record_data_source.ArrayRecordDataSource([paths[i] for i in present])
+    self._records = (array_record_data_source.ArrayRecordDataSource(
+        [paths[i] for i in present]) if present else None)  # None: an empty finite pass
     self._lengths = dict(spec.task_feature_lengths)
     self._eos, self._pack = eos_id, spec.pack
 

@@ -82,7 +82,8 @@ class IndexMixture:
     num_epochs: None: endless (training); E: E passes over every example.
 
   Raises:
-    ValueError: no task has both an example and a positive rate.
+    ValueError: endless, and no task has both an example and a positive rate
+      (a finite pass over no example is an empty stream).
   """
 
   def __init__(self, counts: Sequence[int], rates: Sequence[float], seed: int,
@@ -95,14 +96,14 @@ class IndexMixture:
     if num_epochs is not None:  # evaluation: every example, rates do not matter
       rates = counts
     keep = (counts > 0) & (rates > 0)
-    if not keep.any():
+    if not keep.any() and num_epochs is None:  # a finite pass over nothing is just empty
       raise ValueError("IndexMixture: no task has both an example in this shard and a "
                        f"positive rate (counts {counts.tolist()[:10]}, rates "
                        f"{rates.tolist()[:10]})")
     self.tasks = np.nonzero(keep)[0]  # indices into `counts` of the mixed tasks
     self._n = counts[keep]
     self._r = rates[keep]
-    self._start = np.concatenate([[0], np.cumsum(self._r)[:-1]])
+    self._start = np.concatenate([[0], np.cumsum(self._r)[:-1]]).astype(np.int64)
     self.cycle_length = int(self._r.sum())
     self._seed, self._stream = int(seed), tuple(int(s) for s in stream)
     self._shuffle, self._num_epochs = shuffle, num_epochs

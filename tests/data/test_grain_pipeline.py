@@ -249,3 +249,10 @@ def test_bad_input_errors_name_the_problem(reg, tmp_path):
   it.save_checkpoint(str(tmp_path / "m"), 0)
   with pytest.raises(ValueError, match="'name'"):
     grain_pipeline.GrainBatchIterator(other).restore_checkpoint(str(tmp_path / "m"), 0)
+
+
+def test_a_finite_pass_over_an_empty_shard_is_empty():
+  mix = index_mixture.IndexMixture([0, 0], [3, 4], seed=0, num_epochs=1)
+  assert len(mix) == 0
+  with pytest.raises(ValueError, match="no task has both an example"):
+    index_mixture.IndexMixture([0, 0], [3, 4], seed=0)
