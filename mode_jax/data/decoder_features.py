@@ -23,8 +23,14 @@ What an SNI task's tf.data pipeline does to one example, without TensorFlow
 
 `unpacked` gives the padded row; `segment` gives the same features of one
 example unpadded, with the shift inside the example (seqio's shift under
-packing starts each segment with 0), for a packer. The test compares rows
-with seqio's converter.
+packing starts each segment with 0). `pack` is seqio's packer
+(`utils.trim_and_pack_dataset` without custom ops, what
+`DecoderFeatureConverter(pack=True)` runs): windows of L consecutive
+examples (its `padded_batch(L)`), each packed next-fit (an example goes into
+the open row if it fits, else the row is emitted and a new one opened; rows
+never span windows), padding 0, `decoder_positions` counting within each
+example, `decoder_segment_ids` 1, 2, ... per row. The tests compare rows
+with seqio's converter, packed and unpacked.
 """
 
 from __future__ import annotations
@@ -79,3 +85,33 @@ def unpacked(inputs: np.ndarray, targets: np.ndarray, lengths: Mapping[str, int]
   if size < length:
     row["decoder_input_tokens"][size] = seg["decoder_target_tokens"][-1]
   return row
+
+
+def pack(segments, length: int) -> dict[str, np.ndarray]:
+  """seqio's next-fit packing of one window of `segment` dicts into int32[rows, length].
+
+  Adds `decoder_segment_ids` and `decoder_positions`; an empty window gives
+  zero rows.
+  """
+  rows: list[list[dict]] = []
+  used = length + 1  # no open row yet
+  for seg in segments:
+    size = seg["decoder_target_tokens"].size
+    if used + size > length:
+      rows.append([])
+      used = 0
+    rows[-1].append(seg)
+    used += size
+  out = {k: np.zeros((len(rows), length), np.int32)
+         for k in FEATURES + ("decoder_segment_ids", "decoder_positions")}
+  for r, row in enumerate(rows):
+    at = 0
+    for sid, seg in enumerate(row, 1):
+      size = seg["decoder_target_tokens"].size
+      for k in FEATURES:
+        out[k][r, at:at + size] = seg[k]
+      out["decoder_segment_ids"][r, at:at + size] = sid
+      out["decoder_positions"][r, at:at + size] = np.arange(size)
+      at += size
+  out["decoder_segment_ids"] *= out["decoder_target_tokens"] != 0  # as seqio's cumsum * mask
+  return out

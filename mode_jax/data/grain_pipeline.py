@@ -28,19 +28,16 @@ converter in NumPy), but no per-task tf.data pipeline and no shuffle buffer:
     parallel (`grain.ReadOptions`), `workers` > 0 adds grain worker
     processes (`mp_prefetch`); the output is the same for any numbers,
     since every batch is a pure function of its index.
-  * Packing (`pack=True`): grain's `FirstFitPackIterDataset` with one bin per
-    row (`batch_size / k` bins), no bin shuffle: it fills the bins with
-    consecutive examples first-fit and emits them when an example fits in no
-    bin. seqio packs differently (its own greedy packer over the tf.data
-    stream), so packed rows are not seqio's rows; each segment is exactly
-    the example's unpacked features (the shift starts each segment with 0,
-    as seqio's). Worker processes are refused with packing.
+  * Packing (`pack=True`): seqio's packer, exactly (`decoder_features.pack`:
+    windows of L consecutive examples packed next-fit), with grain reading
+    whole windows (`data.grain_packing`); the test compares the rows with
+    seqio's converter.
   * State: `state()` is a dict of integers and settings: the batches consumed
-    (and, packed, grain's packer state: the example where the current
-    window began and the rows emitted from it). `save_checkpoint` writes it
+    (and, packed, per stream the window of the next row and the rows taken
+    from it). `save_checkpoint` writes it
     as `process_<i>.json` through `mode_jax.files` (local or gs://);
     `restore_checkpoint` sets it in constant time whatever the step
-    (unpacked: no read at all; packed: at most one window is re-read).
+    (unpacked: no read at all; packed: one window of L examples is re-read).
 
 A state written by the tf.data loader (`pipeline` key, `process_<i>.index`
 files) is rejected with a ValueError naming the file: its position is one of
@@ -62,6 +59,7 @@ from mode_jax import datasets
 from mode_jax import files
 from mode_jax.data import arrayrecord
 from mode_jax.data import decoder_features
+from mode_jax.data import grain_packing
 from mode_jax.data import index_mixture
 
 STATE_VERSION = 1
@@ -151,14 +149,6 @@ def _absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-def _packed_row(row: dict) -> dict:
-  """grain's packer output -> the decoder features (positions and segments once)."""
-  out = {k: row[k] for k in decoder_features.FEATURES}
-  out["decoder_segment_ids"] = row["decoder_target_tokens_segment_ids"]
-  out["decoder_positions"] = row["decoder_target_tokens_positions"]
-  return {k: np.asarray(v, np.int32) for k, v in out.items()}
-
-
 class GrainBatchIterator:
   """A `datasets.BatchStream` of `spec` read through Grain (see the module docstring).
 
@@ -173,8 +163,8 @@ class GrainBatchIterator:
   Args:
     spec: the request (`datasets.BatchSpec`).
     read_threads: grain reader threads per stream (0: read in the caller).
-    workers: grain worker processes (0: none; unpacked only).
-    prefetch: batches each stream's readers keep ready.
+    workers: grain worker processes (0: none).
+    prefetch: batches (packed: windows) each stream's readers keep ready.
 
   Raises:
     ValueError: a bad option (named), or a mixture the loader cannot read.
@@ -186,10 +176,6 @@ class GrainBatchIterator:
                          ("prefetch", prefetch)):
       if not isinstance(value, int) or value < 0:
         raise ValueError(f"GrainBatchIterator.{field} must be an int >= 0, got {value!r}")
-    if workers and spec.pack:
-      raise ValueError(f"GrainBatchIterator.workers={workers} needs pack=False: packing "
-                       "runs in one process so that its rows do not depend on the worker "
-                       "count; use read_threads")
     self.spec = spec
     self._options = (read_threads, workers, prefetch)
     self._consumed = 0
@@ -222,39 +208,39 @@ class GrainBatchIterator:
     digest = json.dumps([[m.name for m in members], rates])
     self._fingerprint = hashlib.sha256(digest.encode()).hexdigest()[:16]
 
-  def _iterator(self, source: _StreamSource, rows: int, packer_state=None):
+  def _read(self, ds, options):
+    """grain's iterator of a MapDataset: reader threads, worker processes."""
     import grain  # pylint: disable=g-import-not-at-top
-    read_threads, workers, prefetch = self._options
+    it_ds = ds.to_iter_dataset(options)
+    if self._options[1]:
+      _absl_flags_parsed()
+      it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._options[1]))
+    return iter(it_ds)
+
+  def _iterator(self, source: _StreamSource, rows: int, position=None):
+    import grain  # pylint: disable=g-import-not-at-top
+    read_threads, _, prefetch = self._options
     options = grain.ReadOptions(num_threads=read_threads,
                                 prefetch_buffer_size=prefetch if read_threads else 0)
     drop = self.spec.num_epochs is None
-    ds = grain.MapDataset.source(source)
     if not self.spec.pack:
       # Whole batches are the grain elements: any thread or worker count
       # reads batch b from positions b * rows ..., so output never depends on it.
-      ds = ds.batch(rows, drop_remainder=drop)
-      it_ds = ds.slice(slice(self._consumed, None)).to_iter_dataset(options)
-      if workers:
-        _absl_flags_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-      return iter(it_ds)
-    length = sum(self.spec.task_feature_lengths.values())
-    packed = grain.experimental.FirstFitPackIterDataset(
-        ds.to_iter_dataset(options), length_struct={k: length for k in
-                                                    decoder_features.FEATURES},
-        num_packing_bins=rows, shuffle_bins=False)
-    it = iter(packed.map(_packed_row).batch(rows, drop_remainder=drop))
-    if packer_state is not None:
-      it.set_state(packer_state)
-    return it
+      ds = grain.MapDataset.source(source).batch(rows, drop_remainder=drop)
+      return self._read(ds.slice(slice(self._consumed, None)), options)
+    windows = grain.MapDataset.source(grain_packing.Windows(
+        source, sum(self.spec.task_feature_lengths.values())))
+    return grain_packing.PackedBatches(
+        lambda w: self._read(windows.slice(slice(w, None)), options), rows, drop,
+        position or (0, 0))
 
-  def build(self, packer_states=None) -> None:
+  def build(self, positions=None) -> None:
     """Opens the sources and readers now (else at the first batch)."""
     self._build_sources()
     if self._its is None:
       rows = self.spec.batch_size // self.spec.shards_per_host
-      states = packer_states or [None] * len(self._sources)
-      self._its = [self._iterator(s, rows, st) for s, st in zip(self._sources, states)]
+      positions = positions or [None] * len(self._sources)
+      self._its = [self._iterator(s, rows, p) for s, p in zip(self._sources, positions)]
       self._done = [False] * len(self._its)
 
   def __iter__(self):
@@ -301,7 +287,7 @@ class GrainBatchIterator:
     self._build_sources()
     out["mixture"] = self._fingerprint
     if s.pack and self._its is not None:
-      out["packer"] = [it.get_state() for it in self._its]
+      out["packer"] = [it.position() for it in self._its]
     return out
 
   def restore(self, state: Mapping, what: str = "GrainBatchIterator.restore: state") -> None:
@@ -322,10 +308,12 @@ class GrainBatchIterator:
     self._consumed = int(state["batches"])
     self._its = None
     if self.spec.pack:
-      self.build(state.get("packer") or None)
-      if not state.get("packer") and self._consumed:
-        raise ValueError(f"{what}: a packed stream at batch {self._consumed} needs its "
-                         "'packer' state")
+      positions = state.get("packer")
+      if (positions or self._consumed) and len(positions or ()) != self.spec.shards_per_host:
+        raise ValueError(f"{what}['packer']={positions!r}: a packed stream at batch "
+                         f"{self._consumed} needs [window, row] of each of its "
+                         f"{self.spec.shards_per_host} streams")
+      self.build(positions)
 
   def _path(self, directory: str, process_index: int) -> str:
     return files.join(str(directory), f"process_{process_index}.json")  # may be gs://

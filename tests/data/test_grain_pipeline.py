@@ -50,10 +50,10 @@ def assert_batches_equal(a, b):
       np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
-def seqio_rows(name, lengths):
+def seqio_rows(name, lengths, pack=False):
   ds = seqio.get_mixture_or_task(name).get_dataset(lengths, split="train", shuffle=False,
                                                    num_epochs=1)
-  ds = seqio.DecoderFeatureConverter(pack=False)(ds, task_feature_lengths=lengths)
+  ds = seqio.DecoderFeatureConverter(pack=pack)(ds, task_feature_lengths=lengths)
   return list(ds.as_numpy_iterator())
 
 
@@ -63,13 +63,18 @@ def source_ids(name, split="train"):
   return [ex["id"].decode() for ex in ds.as_numpy_iterator()]
 
 
-@pytest.mark.parametrize("lengths", [LENGTHS, {"inputs": 48, "targets": 4}])
-def test_rows_equal_seqio_converter(reg, lengths):
-  """Same examples, same rows as seqio's Task + DecoderFeatureConverter (also when trimming)."""
+@pytest.mark.parametrize("lengths,pack", [(LENGTHS, False), ({"inputs": 48, "targets": 4}, False),
+                                          ({"inputs": 48, "targets": 16}, True)])
+def test_rows_equal_seqio_converter(reg, lengths, pack):
+  """Same examples, same rows as seqio's Task + DecoderFeatureConverter.
+
+  Also when trimming inputs and targets, and packed (seqio's windows and
+  next-fit packer: tasks of 70 and 69 examples span two windows of 64).
+  """
   for name in reg.tasks[:2]:
-    want = seqio_rows(name, lengths)
+    want = seqio_rows(name, lengths, pack)
     got = list(grain_pipeline.GrainBatchIterator(
-        spec(name, 5, lengths=lengths, shuffle=False, num_epochs=1)))
+        spec(name, 5, lengths=lengths, shuffle=False, num_epochs=1, pack=pack)))
     assert [b["decoder_target_tokens"].shape[0] for b in got[:-1]] == [5] * (len(got) - 1)
     assert sum(b["decoder_target_tokens"].shape[0] for b in got) == len(want)
     rows = {k: np.concatenate([b[k] for b in got]) for k in got[0]}
@@ -196,8 +201,9 @@ def test_deterministic_given_the_seed(reg):
              for x, y in zip(a, b))
 
 
-def test_threads_and_workers_give_the_same_batches(reg):
-  s = spec(seed=2)
+@pytest.mark.parametrize("pack", [False, True])
+def test_threads_and_workers_give_the_same_batches(reg, pack):
+  s = spec(seed=2, pack=pack)
   ref = take(grain_pipeline.GrainBatchIterator(s, read_threads=0), 6)
   assert_batches_equal(take(grain_pipeline.GrainBatchIterator(s, read_threads=4), 6), ref)
   assert_batches_equal(take(grain_pipeline.GrainBatchIterator(s, workers=2), 6), ref)
@@ -229,8 +235,11 @@ def test_bad_input_errors_name_the_problem(reg, tmp_path):
     next(grain_pipeline.GrainBatchIterator(spec("grsni_trian")))
   with pytest.raises(ValueError, match="read_threads"):
     grain_pipeline.GrainBatchIterator(spec(), read_threads=-1)
-  with pytest.raises(ValueError, match="workers=2 needs pack=False"):
-    grain_pipeline.GrainBatchIterator(spec(pack=True), workers=2)
+  packed = grain_pipeline.GrainBatchIterator(spec(pack=True))
+  next(packed)
+  with pytest.raises(ValueError, match=r"\['packer'\]=None"):
+    grain_pipeline.GrainBatchIterator(spec(pack=True)).restore(
+        {**packed.state(), "packer": None})
   old = pipeline.BatchIterator.from_spec(spec(reg.tasks[0]))  # a real tf.data state
   next(old)
   old.save_checkpoint(str(tmp_path / "tf"), 0)
