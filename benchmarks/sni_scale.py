@@ -123,7 +123,8 @@ def child(args) -> None:
   t0 = time.perf_counter()
   register(args.layout, args.cache, args.cap)
   dataset = datasets.SniDataset(loader=args.child)
-  spec = datasets.BatchSpec(f"{PREFIX}_train", LENGTHS, args.batch_size, seed=0)
+  spec = datasets.BatchSpec(f"{PREFIX}_train", LENGTHS, args.batch_size, seed=0,
+                            pack=args.pack)
   it = dataset.batches(spec)
   next(it)
   first = time.perf_counter() - t0
@@ -166,6 +167,7 @@ def main() -> None:
   p.add_argument("--more", type=int, default=1000, help="second window")
   p.add_argument("--batch_size", type=int, default=16)
   p.add_argument("--loaders", default="tfdata,grain")
+  p.add_argument("--pack", action="store_true", help="packed rows (examples/s counts rows)")
   p.add_argument("--cap", type=int, default=None, help="mixing cap (None: none)")
   p.add_argument("--source", default=os.path.join(ROOT, "data", "sni_sample"))
   p.add_argument("--workdir", default=None, help="keep the layout and cache here (reused)")
@@ -191,13 +193,13 @@ def main() -> None:
     for loader in args.loaders.split(","):
       cmd = [sys.executable, os.path.abspath(__file__), "--child", loader, "--layout", layout,
              "--cache", cache, "--batches", str(args.batches), "--more", str(args.more),
-             "--batch_size", str(args.batch_size)] + (
+             "--batch_size", str(args.batch_size)] + (["--pack"] if args.pack else []) + (
                  ["--cap", str(args.cap)] if args.cap else [])
       out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
       rows.append(json.loads(out.strip().splitlines()[-1]))
       print(json.dumps(rows[-1]), flush=True)
     print(f"\n{args.tasks} tasks, {LENGTHS['inputs']} + {LENGTHS['targets']}, batch "
-          f"{args.batch_size}, unpacked, warm cache")
+          f"{args.batch_size}, {'packed (rows/s)' if args.pack else 'unpacked'}, warm cache")
     print("(build + first batch after the imports; peak RSS of the loader's process, "
           "after imports in brackets)")
     print("| loader | build + first batch | ex/s first {} | ex/s next {} | peak RSS | state "

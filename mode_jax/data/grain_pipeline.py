@@ -12,9 +12,9 @@ converter in NumPy), but no per-task tf.data pipeline and no shuffle buffer:
   * Order: `data.index_mixture` maps stream position -> (task, example)
     with the rates SeqIO's mixture would use (`Mixture.get_rate`, i.e.
     `tasks.rate_num_examples` with the registration's cap) and a global
-    index shuffle per task and epoch (a seeded permutation). The sequence of tasks is seeded per
-    shard, so the rows of one global batch are drawn independently (seqio
-    draws the same task sequence on every shard).
+    index shuffle per task and epoch (a seeded permutation). The sequence
+    of tasks is seeded per shard, so the rows of one global batch are drawn
+    independently (seqio draws the same task sequence on every shard).
   * Sharding: stream s of S reads the TaskStore shard (s, S), the examples
     s, s + S, ... of each task: disjoint and complete over the shards. As
     in BatchIterator, a process reads the k = `shards_per_host` streams
@@ -34,8 +34,8 @@ converter in NumPy), but no per-task tf.data pipeline and no shuffle buffer:
     seqio's converter.
   * State: `state()` is a dict of integers and settings: the batches consumed
     (and, packed, per stream the window of the next row and the rows taken
-    from it). `save_checkpoint` writes it
-    as `process_<i>.json` through `mode_jax.files` (local or gs://);
+    from it). `save_checkpoint` writes it as `process_<i>.json` through
+    `mode_jax.files` (local or gs://);
     `restore_checkpoint` sets it in constant time whatever the step
     (unpacked: no read at all; packed: one window of L examples is re-read).
 
