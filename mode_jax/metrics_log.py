@@ -21,9 +21,12 @@ from typing import Mapping
 
 import jax
 import numpy as np
-from clu import metric_writers
 
 from mode_jax import files
+
+# clu.metric_writers imports TensorFlow (6 s of a cold start): imported where
+# a writer is made, so an entry point's --help or a configuration error at
+# start-up answers without it.
 
 
 def _scalar(v):
@@ -31,8 +34,11 @@ def _scalar(v):
   return float(v) if v.size == 1 else None
 
 
-class RemoteSummaryWriter(metric_writers.MetricWriter):
+class RemoteSummaryWriter:
   """TensorBoard scalars for a bucket log dir, each events file uploaded once.
+
+  A clu `MetricWriter` by its methods (the base class is not imported here,
+  see above).
 
   TensorFlow's own GCS writer uploads the whole events file again at every
   flush, and it does not honour STORAGE_EMULATOR_HOST. Here events go to a
@@ -48,6 +54,7 @@ class RemoteSummaryWriter(metric_writers.MetricWriter):
 
   def write_scalars(self, step, scalars):
     if self._writer is None:
+      from clu import metric_writers  # pylint: disable=g-import-not-at-top
       self._writer = metric_writers.SummaryWriter(self._local)
     self._writer.write_scalars(step, scalars)
 
@@ -106,6 +113,7 @@ class MetricsLogger:
     self.flush_every_s = flush_every_s
     self._last_flush = time.time()
     logdir = files.join(model_dir, name)
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
     if self.remote and self.is_main:
       self.writer = metric_writers.MultiWriter(
           [metric_writers.LoggingWriter(), RemoteSummaryWriter(logdir)])
