@@ -1,8 +1,8 @@
 """End to end on the tiny config: a damaged newest checkpoint, read and resumed.
 
-A 4-step run saves steps 2 and 4; step 4's adapter array file is then
-truncated. Evaluation (a reader, here while another trainer holds the run
-lock) falls back to step 2 and leaves step 4 in place; the trainer resuming
+The suite's tiny run (tests/tiny.py: 4 steps, checkpoints 2 and 4) is
+copied and its step 4's adapter array file truncated. Evaluation (a
+reader, here while another trainer holds the run lock) falls back to step 2 and leaves step 4 in place; the trainer resuming
 to step 6 reports step 4, moves it aside and continues from step 2.
 """
 
@@ -15,35 +15,26 @@ import pytest
 
 from mode_jax import launch
 from mode_jax import runlock
-from mode_jax import train as train_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SNI = os.path.join(REPO, "data", "sni_sample")
-VOCAB = os.path.join(REPO, "data", "vocab", "sni_sample_512.model")
-TASK = "task1146_country_capital"
+from tests import tiny
+
+TASK = tiny.TASKS[0]
 
 
 def _bindings(model_dir, cache_dir, steps, extra=()):
-  return [f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}", "BATCH_SIZE = 8",
-          f"SNI_DIR = '{SNI}'", f"VOCAB_PATH = '{VOCAB}'", "INPUT_LENGTH = 48",
-          "TASK_FEATURE_LENGTHS = {'inputs': 48, 'targets': 8}", "RANK = 4", "EXPERTS = 4",
-          "train.allow_missing = True", f"train.cache_dir = '{cache_dir}'",
-          f"MIXTURE_OR_TASK_NAME = 'sni_{TASK}'", "train.checkpoint_every = 2",
-          "train.log_every = 1", "train.async_checkpoint = False", *extra]
+  return tiny.bindings(model_dir, cache_dir, steps, extra)
 
 
 def _train(model_dir, cache_dir, steps):
-  launch.parse_gin(["models/tiny.gin", "adapters/mode.gin", "runs/finetune.gin"],
-                   _bindings(model_dir, cache_dir, steps))
-  return launch.call_configured(train_lib.train)
+  return tiny.train(model_dir, cache_dir, steps)
 
 
 @pytest.mark.slow
-def test_damaged_step_read_by_eval_and_resumed_by_trainer(tmp_path, capfd):
+def test_damaged_step_read_by_eval_and_resumed_by_trainer(tiny_run, copy_run, capfd):
   from mode_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
-  run, cache = str(tmp_path / "run"), str(tmp_path / "cache")
-  assert _train(run, cache, 4)["latest_checkpoint"] == 4
-  assert not os.path.exists(os.path.join(run, runlock.LOCK_NAME))  # Released at the end.
+  assert tiny_run["summary"]["latest_checkpoint"] == 4
+  assert not os.path.exists(os.path.join(tiny_run["model_dir"], runlock.LOCK_NAME))  # Released.
+  run, cache = copy_run(tiny_run["model_dir"]), tiny_run["cache"]
   assert eval_lib.training_allow_missing(run)  # Eval applies the run's allow_missing.
   data = max(glob.glob(os.path.join(run, "checkpoints", "4", "adapters", "d", "*")),
              key=os.path.getsize)

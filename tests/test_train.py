@@ -21,10 +21,9 @@ from mode_jax import sharding
 from mode_jax import train as train_lib
 from mode_jax import trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SNI = os.path.join(REPO, "data", "sni_sample")
-VOCAB = os.path.join(REPO, "data", "vocab", "sni_sample_512.model")
-TASKS = ("task1146_country_capital", "task1321_country_continent", "task114_is_the_given_word_longest")
+from tests import tiny
+
+SNI, VOCAB, TASKS = tiny.SNI, tiny.VOCAB, tiny.TASKS
 
 
 class _Poisoned:
@@ -57,20 +56,7 @@ class PoisonedSni(datasets.SniDataset):
 gin.external_configurable(PoisonedSni, module="test_train")
 
 
-def _bindings(model_dir, cache_dir, steps, extra=()):
-  return [f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}", "BATCH_SIZE = 8",
-          f"SNI_DIR = '{SNI}'", f"VOCAB_PATH = '{VOCAB}'", "INPUT_LENGTH = 48",
-          "TASK_FEATURE_LENGTHS = {'inputs': 48, 'targets': 8}", "RANK = 4", "EXPERTS = 4",
-          "train.allow_missing = True", f"train.cache_dir = '{cache_dir}'",
-          "train.checkpoint_every = 2", "train.log_every = 1", "train.async_checkpoint = False",
-          "optim.OptimizerConfig.learning_rate = 0.01", "optim.OptimizerConfig.clip_norm = None",
-          *extra]
-
-
-def _train(model_dir, cache_dir, steps, extra=(), **kw):
-  launch.parse_gin(["models/tiny.gin", "adapters/mode.gin", "runs/finetune.gin"],
-                   _bindings(model_dir, cache_dir, steps, extra))
-  return launch.call_configured(lambda: train_lib.train(**kw))
+_train = tiny.train
 
 
 def _adapter_weights(model_dir):
@@ -86,18 +72,15 @@ def _adapter_weights(model_dir):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tiny_run, tmp_path_factory):
+  """The suite's tiny run (straight to step 4) and the same run stopped at 2 and resumed."""
   root = tmp_path_factory.mktemp("runs")
-  cache = str(root / "cache")
-  straight = str(root / "straight")
+  cache = tiny_run["cache"]
   resumed = str(root / "resumed")
-  summary = _train(straight, cache, 4, [
-      "train.eval_every = 4", "train.max_decode_len = 4", "train.eval_batch_size = 8",
-      f"train.eval_tasks = {list(TASKS[:1])}"])
   _train(resumed, cache, 2)
   _train(resumed, cache, 4)  # resumes from step 2
-  return {"root": root, "cache": cache, "straight": straight, "resumed": resumed,
-          "summary": summary}
+  return {"root": root, "cache": cache, "straight": tiny_run["model_dir"], "resumed": resumed,
+          "summary": tiny_run["summary"], "console": tiny_run["console"]}
 
 
 @pytest.mark.slow
@@ -206,12 +189,12 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(runs):
 
 
 @pytest.mark.slow
-def test_eval_infer_export(runs):
-  d = runs["straight"]
+def test_eval_infer_export(runs, copy_run):
+  d = copy_run(runs["straight"])  # evaluation writes into the run directory
   from mode_jax import eval as eval_lib
   launch.parse_gin(["models/tiny.gin", "adapters/mode.gin", "runs/finetune.gin",
                     "runs/infer.gin"],
-                   _bindings(d, runs["cache"], 4, ["evaluate.allow_missing = True",
+                   tiny.bindings(d, runs["cache"], 4, ["evaluate.allow_missing = True",
                                                    f"evaluate.tasks = {list(TASKS)}",
                                                    "evaluate.max_decode_len = 8"]))
   metrics = launch.call_configured(eval_lib.evaluate)
@@ -365,11 +348,11 @@ def test_batch_that_cannot_split_over_the_mesh_fails_at_start_up(tmp_path, batch
 
 
 @pytest.mark.slow
-def test_console_shows_aux_loss_only_when_there_is_one(tmp_path, capsys):
-  _train(str(tmp_path / "dense"), str(tmp_path / "cache"), 1)
-  line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[step 1]")][0]
+def test_console_shows_aux_loss_only_when_there_is_one(runs, tmp_path, capsys):
+  # Dense routing (the shared run's console): no auxiliary loss to show.
+  line = [l for l in runs["console"].splitlines() if l.startswith("[step 1]")][0]
   assert "loss=" in line and "aux_loss" not in line
-  _train(str(tmp_path / "topk"), str(tmp_path / "cache"), 1,
+  _train(str(tmp_path / "topk"), runs["cache"], 1,
          ["adapters.AdapterConfig.top_k = 2", "adapters.AdapterConfig.aux_loss_weight = 0.01"])
   line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[step 1]")][0]
   assert "aux_loss=" in line

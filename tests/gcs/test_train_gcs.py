@@ -53,7 +53,9 @@ def _command(model_dir, inputs):
 
 def _env(home):
   env = dict(os.environ, PYTHONPATH=REPO, HOME=str(home), TF_CPP_MIN_LOG_LEVEL="3")
-  env.pop("XLA_FLAGS", None)  # one CPU device per run: quicker to start
+  # One CPU device per run (quicker to start), with the suite's other flags.
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if not f.startswith("--xla_force_host_platform_device_count"))
   return env
 
 

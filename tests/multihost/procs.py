@@ -38,7 +38,10 @@ def free_port() -> int:
 def env(devices: int) -> dict:
   """The environment of one process with `devices` fake CPU devices."""
   e = dict(os.environ)
-  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  # The suite's flags (tests/conftest.py) with this process's device count.
+  flags = [f for f in e.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  e["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
   e["JAX_PLATFORMS"] = "cpu"
   e["TF_CPP_MIN_LOG_LEVEL"] = "3"
   e["PYTHONPATH"] = REPO + os.pathsep + e.get("PYTHONPATH", "")
