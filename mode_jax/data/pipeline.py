@@ -197,13 +197,21 @@ class BatchIterator:
     """Continues the stream after `state["batches"]` batches.
 
     Raises:
-      ValueError: `state` was saved by an iterator with other settings.
+      ValueError: `state` was saved by an iterator with other settings, or
+        by the Grain loader.
     """
     self._check(state, "BatchIterator.restore: state")
     self._consumed = int(state["batches"])
     self._it, self._fresh = None, False
 
   def _check(self, state: Mapping, what: str) -> None:
+    # A Grain state has the same "batches" key but positions in another data
+    # order: re-reading that many batches here would silently feed the run
+    # other examples than the ones it would have seen next.
+    if state.get("loader") == "grain" or ("mixture" in state and "pipeline" not in state):
+      raise ValueError(f"{what} was saved by the Grain loader (data.grain_pipeline."
+                       "GrainBatchIterator), whose data order differs: resume this run with "
+                       "datasets.SniDataset.loader='grain'")
     state = {"shards_per_host": 1, **state}  # States saved before shards_per_host.
     mine = self.state()
     for k in ("seed", "shard_id", "num_shards", "name", "batch_size", "pack",
@@ -245,7 +253,8 @@ class BatchIterator:
 
     Raises:
       FileNotFoundError: no state of process `process_index` under `directory`.
-      ValueError: the state was saved by an iterator with other settings.
+      ValueError: the state was saved by an iterator with other settings, or
+        by the Grain loader (the message names the file).
     """
     prefix, meta = self._files(directory, process_index)
     if not files.exists(meta):
