@@ -8,7 +8,7 @@ the methods below, e.g. a second corpus registered with seqio) and ask it for:
     vocabulary()                                          ids <-> text
     batches(spec: BatchSpec) -> BatchStream               this process's rows
     task_names(mixture_or_task_name) -> [str]             for per-task losses
-    eval_examples(tasks, split) -> [PreparedExample]      for decode-and-score
+    eval_examples(tasks, split) -> iterable of PreparedExample   decode-and-score
 
 A `BatchStream` yields the feature converter's numpy dicts
 (`decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`,
@@ -16,6 +16,13 @@ A `BatchStream` yields the feature converter's numpy dicts
 `save_checkpoint(directory, process_index)`, `restore_checkpoint(directory,
 process_index)` and `state()` (a JSON-able dict), as
 `data.pipeline.BatchIterator` does; every process saves its own.
+
+`eval_examples` returns a re-iterable (a list, or a stream such as
+`data.tasks.EvalExamples` that reads again on each `iter`): the decoding
+evaluator makes one pass per evaluation and holds one batch of token ids at
+a time. A capped evaluation calls `eval_examples(tasks, split,
+max_examples_per_task=N)`; a dataset without that keyword still serves the
+uncapped one.
 
 When `train.dataset` is not bound, the entry points build `SniDataset` from
 their SNI settings (`train.sni_dir`, `train.sni`, `train.vocab_path`, ...),
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from mode_jax import files
 
@@ -122,8 +129,8 @@ class Dataset(typing.Protocol):
   def task_names(self, mixture_or_task_name: str) -> list[str]:
     """The task names (as `BatchSpec.mixture_or_task_name`) of a mixture or task."""
 
-  def eval_examples(self, tasks: Sequence[str] | None, split: str) -> list:
-    """Decode-and-score examples (`data.prepare.PreparedExample`) of `tasks`."""
+  def eval_examples(self, tasks: Sequence[str] | None, split: str) -> Iterable:
+    """Decode-and-score examples (`data.prepare.PreparedExample`) of `tasks`, re-iterable."""
 
 
 # The data.SniConfig a training run used (prompts, budget, held-out split), in
@@ -213,8 +220,12 @@ class SniDataset:
     mix = seqio.get_mixture_or_task(mixture_or_task_name)
     return [t.name for t in mix.tasks] if isinstance(mix, seqio.Mixture) else [mix.name]
 
-  def eval_examples(self, tasks, split="validation"):
-    """SNI examples of `tasks` (SNI names; None: the default selection of `split`)."""
+  def eval_examples(self, tasks, split="validation", max_examples_per_task=None):
+    """SNI examples of `tasks` (SNI names; None: the default selection of `split`).
+
+    Returns a `data.tasks.EvalExamples` (read lazily, again on every pass);
+    `max_examples_per_task` caps each task (`data.splits.cap_instances`).
+    """
     from mode_jax.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
     if not self.sni_dir:
       raise ValueError("decode-and-score evaluation needs SNI_DIR (train.sni_dir or "
@@ -225,9 +236,9 @@ class SniDataset:
     if tasks is None:  # the train-split selection (validation) or the test split
       tasks = self.register(lengths, case_study=False, test=False,
                             split="test" if split == "test" else "train").selected
-    return tasks_lib.eval_examples(self.sni_dir, list(tasks), self._sni(lengths), split=split,
-                                   vocab_path=self.vocab_path,
-                                   allow_missing=self.allow_missing)
+    return tasks_lib.eval_stream(self.sni_dir, list(tasks), self._sni(lengths), split=split,
+                                 vocab_path=self.vocab_path, allow_missing=self.allow_missing,
+                                 max_examples_per_task=max_examples_per_task)
 
 
 def run_sni_config(model_dir: str, task_feature_lengths: Mapping[str, int]):

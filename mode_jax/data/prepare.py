@@ -68,7 +68,13 @@ class PreparedExample:
 
 def build_examples(task: records.TaskRecord, cfg, split: str, vocabulary=None,
                    shard: tuple[int, int] = (0, 1)):
-  """Prepared examples of one split of `task`.
+  """Prepared examples of one split of `task`: `iter_examples` as a list."""
+  return list(iter_examples(task, cfg, split, vocabulary, shard))
+
+
+def iter_examples(task: records.TaskRecord, cfg, split: str, vocabulary=None,
+                  shard: tuple[int, int] = (0, 1), max_examples: int | None = None):
+  """Prepared examples of one split of `task`, one at a time.
 
   Args:
     task: the `TaskRecord`.
@@ -78,15 +84,21 @@ def build_examples(task: records.TaskRecord, cfg, split: str, vocabulary=None,
       unfitted prompt (`format_prompt`) and leaves `input_ids` empty.
     shard: (index, count): only the examples index, index + count, ... of
       the split are built (tokenized).
+    max_examples: keep at most this many instances of the split (before
+      sharding), chosen by `splits.cap_instances` (seeded by `cfg.seed`);
+      None: all.
 
-  Returns:
-    A list of `PreparedExample`, in file order.
+  Yields:
+    `PreparedExample`s, in file order. Only the instance being yielded is
+    tokenized, so a caller that streams holds one task's parsed file, not
+    its token ids.
   """
   index, count = shard
   if not 0 <= index < count:
     raise ValueError(f"shard {shard}: need 0 <= index < count")
-  out = []
-  for inst in splits.split_instances(task, cfg)[split][index::count]:
+  instances = splits.cap_instances(splits.split_instances(task, cfg)[split], cfg.seed,
+                                   task.name, max_examples)
+  for inst in instances[index::count]:
     target = (splits.choose_target(cfg.seed, task.name, inst) if split == "train"
               else inst.outputs[0])
     if vocabulary is None:
@@ -95,9 +107,8 @@ def build_examples(task: records.TaskRecord, cfg, split: str, vocabulary=None,
     else:
       fitted = prompts.fit_prompt(task, inst, vocabulary.encode, vocabulary.decode,
                                   cfg.max_input_tokens, **cfg.prompt_kwargs())
-    out.append(PreparedExample(task.name, inst.id, fitted.text, fitted.ids, target,
-                               inst.outputs, task.category, fitted.truncated))
-  return out
+    yield PreparedExample(task.name, inst.id, fitted.text, fitted.ids, target,
+                          inst.outputs, task.category, fitted.truncated)
 
 
 def _file_key(path: str) -> dict:

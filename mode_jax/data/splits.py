@@ -58,6 +58,15 @@ def split_instances(task, cfg) -> dict[str, list]:
   }
 
 
+def cap_instances(instances, seed: int, task: str, cap: int | None) -> list:
+  """At most `cap` of `instances`: those of smallest `instance_hash`, in their order.
+
+  The choice depends on (seed, task, id) only, not on the file order or on
+  the other tasks, so every process and every run keeps the same instances.
+  """
+  return _cap(instances, [instance_hash(seed, task, x.id) for x in instances], cap)
+
+
 def choose_target(seed: int, task: str, instance) -> str:
   """The training reference: one of the outputs, chosen by a seeded hash."""
   if len(instance.outputs) == 1:

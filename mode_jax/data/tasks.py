@@ -15,8 +15,9 @@ header (for the language filter), not the instances. A task file is parsed
 when its example count is first needed (mixing rates), and tokenized to a
 TFRecord under the cache dir when its dataset is first read. Both are cached.
 
-Eval helpers: `eval_examples` returns plain records (task, id, prompt,
-references, category) for a decode-and-score loop.
+Eval helpers: `eval_stream` gives plain records (task, id, prompt,
+references, category) for a decode-and-score loop, read lazily and
+re-iterable (`eval_examples`: the same as a list).
 """
 
 from __future__ import annotations
@@ -301,12 +302,24 @@ def require_examples(name: str, split: str = "train") -> dict[str, int]:
 def eval_examples(sni_dir: str | os.PathLike, task_names: Sequence[str],
                   cfg: SniConfig = SniConfig(), split: str = "validation",
                   vocab_path: str | None = None, fit: bool = True,
-                  allow_missing: bool = False) -> list[prepare.PreparedExample]:
+                  allow_missing: bool = False,
+                  max_examples_per_task: int | None = None) -> list[prepare.PreparedExample]:
+  """`eval_stream` read into a list (small selections, scripts and tests)."""
+  return list(eval_stream(sni_dir, task_names, cfg, split, vocab_path, fit, allow_missing,
+                          max_examples_per_task))
+
+
+def eval_stream(sni_dir: str | os.PathLike, task_names: Sequence[str],
+                cfg: SniConfig = SniConfig(), split: str = "validation",
+                vocab_path: str | None = None, fit: bool = True,
+                allow_missing: bool = False,
+                max_examples_per_task: int | None = None) -> "EvalExamples":
   """Evaluation examples as plain records, for a decode-and-score loop.
 
   The prompts are those of the seqio tasks registered with the same `cfg`
   and `vocab_path` (fitted to `cfg.max_input_tokens`); `fit=False` gives the
-  unfitted `format_prompt` strings without token ids.
+  unfitted `format_prompt` strings without token ids. The tasks are selected
+  now (a missing file raises here); the instances are read when iterated.
 
   Args:
     sni_dir: root of the SNI copy.
@@ -315,16 +328,43 @@ def eval_examples(sni_dir: str | os.PathLike, task_names: Sequence[str],
     split: "validation" (seen tasks, the paper) or "test".
     fit: fit prompts to the token budget with the vocabulary.
     allow_missing: skip (and log) missing task files.
+    max_examples_per_task: at most this many instances of each task
+      (`splits.cap_instances`: seeded by `cfg.seed`, independent of the file
+      order); None: all.
 
   Returns:
-    `PreparedExample`s (task, id, prompt, input_ids, target, references,
-    category), task by task in file order.
+    An `EvalExamples`: each iteration reads the `PreparedExample`s (task, id,
+    prompt, input_ids, target, references, category) again, task by task in
+    file order.
   """
+  if max_examples_per_task is not None and (
+      not isinstance(max_examples_per_task, int) or max_examples_per_task < 1):
+    raise ValueError("max_examples_per_task must be None or a positive int, got "
+                     f"{max_examples_per_task!r}")
   sel = sni.select_tasks(sni_dir, None, task_names, False, allow_missing)
-  vocabulary = vocab_lib.get_vocabulary(vocab_path or vocab_lib.default_path(1024)) if fit \
-      else None
-  out = []
-  for t in sel.names:
-    task = records.read_task(sni.task_path(sni_dir, t), cfg.on_error)
-    out += prepare.build_examples(task, cfg, split, vocabulary)
-  return out
+  return EvalExamples(os.fspath(sni_dir), tuple(sel.names), cfg, split,
+                      (vocab_path or vocab_lib.default_path(1024)) if fit else None,
+                      max_examples_per_task)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalExamples:
+  """A re-iterable stream of evaluation examples (see `eval_stream`).
+
+  Iterating parses one task file at a time and tokenizes one prompt at a
+  time, so a pass over 756 tasks holds one task in memory, not the split;
+  every pass yields the same examples in the same order.
+  """
+  sni_dir: str
+  tasks: tuple[str, ...]
+  cfg: SniConfig
+  split: str
+  vocab_path: str | None  # None: unfitted prompts
+  max_examples_per_task: int | None = None
+
+  def __iter__(self):
+    vocabulary = vocab_lib.get_vocabulary(self.vocab_path) if self.vocab_path else None
+    for t in self.tasks:
+      task = records.read_task(sni.task_path(self.sni_dir, t), self.cfg.on_error)
+      yield from prepare.iter_examples(task, self.cfg, self.split, vocabulary,
+                                       max_examples=self.max_examples_per_task)
