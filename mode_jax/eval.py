@@ -36,6 +36,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
              vocab_path: str | None = None, allow_missing: bool | None = None,
              tasks: Any = None, split: str = "validation", checkpoint_step: int | None = None,
              batch_size: int = 16, max_decode_len: int = 64,
+             max_examples_per_task: int | None = None,
              mesh: sharding.MeshConfig = sharding.MeshConfig(),
              predictions_file: str | None = None, seed: int = 0,
              dataset: Any = None, evaluators: Sequence[Any] | None = None,
@@ -56,12 +57,16 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
       train), else the defaults with the inputs budget of
       TASK_FEATURE_LENGTHS. A prompt budget other than training's would feed
       the model prompts cut where it never saw them cut.
+    max_examples_per_task: decode at most this many instances of each task,
+      chosen by seeded hashes of their ids (the official SNI evaluation:
+      100); None (default): all, the full evaluation.
     predictions_file: write per-example JSONL here (relative to model_dir).
     dataset: a `datasets.Dataset`; None: `datasets.SniDataset` of sni_dir,
       sni, vocab_path and allow_missing.
     evaluators: evaluator configs (`evaluators.DecodeEvaluation`,
       `evaluators.ValidationLoss`, ...); None: one DecodeEvaluation of
-      tasks, split, max_decode_len and batch_size above.
+      tasks, split, max_decode_len, batch_size and max_examples_per_task
+      above.
     mixture_or_task_name: what `dataset.prepare` registers and what a
       ValidationLoss reads by default.
 
@@ -88,7 +93,8 @@ def evaluate(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   if evaluators is None:
     evaluators = [evaluators_lib.DecodeEvaluation(tasks=tasks, split=split,
                                                   max_decode_len=max_decode_len,
-                                                  batch_size=batch_size)]
+                                                  batch_size=batch_size,
+                                                  max_examples_per_task=max_examples_per_task)]
   elif any(isinstance(e, evaluators_lib.ValidationLoss) for e in evaluators):
     dataset.prepare(mixture_or_task_name, task_feature_lengths)  # what the loss reads
   mesh_ = experiment.make_mesh(mesh)

@@ -11,13 +11,21 @@ rows, fetches and detokenizes only its rows, and the predictions are then
 gathered (`multihost_utils.process_allgather`) so that every process scores
 the full list and reports the metrics of one process. Every example is
 decoded exactly once; records carry the `process` that decoded them.
+
+The examples are streamed: each evaluation makes one pass over a
+re-iterable (`Dataset.eval_examples`), `batch_size` examples at a time, and
+keeps of each example only what scoring and the records need (task, id,
+prompt, references, category), never the token ids of the whole split.
+Every process reads the same stream, so every process makes the same
+number of decode calls without agreeing on a count first.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
-from typing import Sequence
+from typing import Iterable, Iterator
 
 import jax
 import numpy as np
@@ -30,10 +38,12 @@ from mode_jax.data import metrics as metrics_lib
 
 
 class Evaluator:
-  """Greedy-decodes a fixed list of examples and scores them.
+  """Greedy-decodes a fixed, re-iterable set of examples and scores them.
 
   Args:
-    examples: `mode_jax.data.prepare.PreparedExample`s with token ids.
+    examples: `mode_jax.data.prepare.PreparedExample`s with token ids: a
+      list or a re-iterable stream (`data.tasks.EvalExamples`), read once
+      per evaluation; a one-shot iterator is read into a list here.
     vocabulary: the seqio vocabulary (ids -> text).
     graphdef: the model's graphdef; `predict(states)` takes the matching
       tuple of states (e.g. from `trainer.split_model`).
@@ -43,11 +53,13 @@ class Evaluator:
     mesh: optional mesh; batches are placed by logical axes.
   """
 
-  def __init__(self, examples: Sequence, vocabulary, graphdef, *, input_length: int,
+  def __init__(self, examples: Iterable, vocabulary, graphdef, *, input_length: int,
                max_decode_len: int, batch_size: int, mesh=None):
-    if not examples:
+    if iter(examples) is examples:  # every evaluation needs a fresh pass
+      examples = list(examples)
+    if isinstance(examples, (list, tuple)) and not examples:
       raise ValueError("Evaluator needs at least one example")
-    self.examples = list(examples)
+    self.examples = examples
     self.vocabulary = vocabulary
     self.input_length = input_length + 1  # the leading 0 of the shifted inputs
     self.batch_size = batch_size
@@ -97,26 +109,38 @@ class Evaluator:
                                                   self.vocabulary.pad_id))
             for ids in out[:max(0, len(chunk) - lo)]]
 
-  def predict(self, states) -> list[str]:
-    """Decoded strings, one per example, on every process (see the module doc)."""
-    mine = []  # (example index, prediction) decoded here
-    for start in range(0, len(self.examples), self.batch_size):
-      chunk = self.examples[start:start + self.batch_size]
+  def batches(self) -> Iterator[list]:
+    """One pass over the examples, `batch_size` at a time (the last may be short)."""
+    it = iter(self.examples)
+    while chunk := list(itertools.islice(it, self.batch_size)):
+      yield chunk
+
+  def _pass(self, states) -> tuple[list[tuple], list[str]]:
+    """Decodes one pass: ((task, id, prompt, references, category) per example, predictions)."""
+    infos, mine = [], []  # mine: (example index, prediction) decoded here
+    for chunk in self.batches():
       preds = self._decode_batch(states, chunk)
-      mine += [(start + self.rows[0] + i, p) for i, p in enumerate(preds)]
+      mine += [(len(infos) + self.rows[0] + i, p) for i, p in enumerate(preds)]
+      infos += [(ex.task, ex.id, ex.prompt, list(ex.references), ex.category) for ex in chunk]
+    if not infos:
+      raise ValueError("Evaluator needs at least one example (the evaluation stream is empty)")
     if jax.process_count() == 1:
       self.decoded_by = [0] * len(mine)
-      return [p for _, p in mine]
-    return self._gather(mine)
+      return infos, [p for _, p in mine]
+    return infos, self._gather(mine, len(infos))
 
-  def _gather(self, mine: list) -> list[str]:
+  def predict(self, states) -> list[str]:
+    """Decoded strings, one per example, on every process (see the module doc)."""
+    return self._pass(states)[1]
+
+  def _gather(self, mine: list, total: int) -> list[str]:
     """All processes' (index, prediction) pairs, merged in example order."""
     data = np.frombuffer(json.dumps(mine).encode(), np.uint8)
     sizes = multihost_utils.process_allgather(np.array([data.size], np.int32)).reshape(-1)
     buf = np.zeros(int(sizes.max()), np.uint8)
     buf[:data.size] = data
     every = np.asarray(multihost_utils.process_allgather(buf))
-    preds, self.decoded_by = [None] * len(self.examples), [-1] * len(self.examples)
+    preds, self.decoded_by = [None] * total, [-1] * total
     for p in range(every.shape[0]):  # processes holding the same rows: first wins
       for i, pred in json.loads(every[p, :sizes[p]].tobytes()):
         if preds[i] is None:
@@ -129,15 +153,15 @@ class Evaluator:
   def evaluate(self, states) -> tuple[dict, list[dict]]:
     """(grouped metrics, per-example records) of the model `states`."""
     t0 = time.time()
-    preds = self.predict(states)
-    refs = [list(ex.references) for ex in self.examples]
+    infos, preds = self._pass(states)
+    refs = [refs for _, _, _, refs, _ in infos]
     grouped = metrics_lib.grouped_sni_metrics(
-        refs, preds, [ex.task for ex in self.examples], [ex.category for ex in self.examples])
+        refs, preds, [info[0] for info in infos], [info[4] for info in infos])
     records = []
-    for ex, pred, proc in zip(self.examples, preds, self.decoded_by):
-      score = metrics_lib.sni_metrics([list(ex.references)], [pred])
-      records.append({"task": ex.task, "id": ex.id, "prompt": ex.prompt, "prediction": pred,
-                      "references": list(ex.references), "score": score, "process": proc})
+    for (task, id_, prompt, ex_refs, _), pred, proc in zip(infos, preds, self.decoded_by):
+      score = metrics_lib.sni_metrics([ex_refs], [pred])
+      records.append({"task": task, "id": id_, "prompt": prompt, "prediction": pred,
+                      "references": ex_refs, "score": score, "process": proc})
     grouped["num_examples"] = len(preds)
     grouped["seconds"] = time.time() - t0
     return grouped, records

@@ -71,11 +71,16 @@ class DecodeEvaluation:
     split: "validation" (held-out instances of the training tasks) or "test".
     max_decode_len: generated tokens at most.
     batch_size: prompts per decoding call (global).
+    max_examples_per_task: decode at most this many instances of each task
+      (the official SNI evaluation: 100), the same ones on every process and
+      in every run (`data.splits.cap_instances`: the smallest seeded hashes
+      of the instance ids); None (default): all, as the full evaluation.
   """
   tasks: Sequence[str] | None = None
   split: str = "validation"
   max_decode_len: int = 64
   batch_size: int = 16
+  max_examples_per_task: int | None = None
 
   def __post_init__(self):
     if self.split not in ("validation", "test"):
@@ -84,11 +89,19 @@ class DecodeEvaluation:
     if not isinstance(self.max_decode_len, int) or self.max_decode_len < 1:
       raise ValueError(f"DecodeEvaluation.max_decode_len must be a positive int, got "
                        f"{self.max_decode_len!r}")
+    cap = self.max_examples_per_task
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+      raise ValueError("DecodeEvaluation.max_examples_per_task must be None or a positive "
+                       f"int, got {cap!r}")
 
   def build(self, ctx: EvalContext) -> "Decode":
     _check_batch("DecodeEvaluation", self.batch_size, ctx.mesh)
+    # Only a capped evaluation passes the keyword: a Dataset written before
+    # the cap still serves the full one.
+    cap = ({} if self.max_examples_per_task is None
+           else {"max_examples_per_task": self.max_examples_per_task})
     examples = ctx.dataset.eval_examples(None if self.tasks is None else list(self.tasks),
-                                         self.split)
+                                         self.split, **cap)
     return Decode(evaluation.Evaluator(
         examples, ctx.dataset.vocabulary(), ctx.graphdef,
         input_length=ctx.task_feature_lengths["inputs"], max_decode_len=self.max_decode_len,

@@ -49,7 +49,8 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
           seed: int = 0, log_every: int = 10, checkpoint_every: int = 1000,
           keep_checkpoints: int = 3, async_checkpoint: bool = True,
           eval_every: int = 0, eval_batch_size: int = 16, max_decode_len: int = 64,
-          eval_tasks: Any = None, loss_chunk: int = 256, restore_step: int | None = None,
+          eval_tasks: Any = None, eval_max_examples_per_task: int | None = None,
+          loss_chunk: int = 256, restore_step: int | None = None,
           data_shards: int | None = None, data_iterator_checkpoints: bool = True) -> dict:
   """Trains and returns a summary (final metrics, steps/s, checkpoint path).
 
@@ -69,12 +70,17 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
     evaluators: evaluator configs run every `eval_every` steps (e.g.
       `[@evaluators.DecodeEvaluation(), @evaluators.ValidationLoss()]`);
       None: one `evaluators.DecodeEvaluation` of eval_tasks,
-      max_decode_len and eval_batch_size below.
+      eval_max_examples_per_task, max_decode_len and eval_batch_size below.
     sni_dir: SNI root (SNI_DIR) of the default dataset; registers the SNI
       tasks when given.
     sni: data.SniConfig for prompts and splits (default dataset).
     micro_batches: gradient accumulation steps within one optimizer step.
     eval_every: run the evaluators every N steps and at the end (0: off).
+    eval_max_examples_per_task: the default evaluator decodes at most this
+      many instances of each task, the same ones at every evaluation
+      (`DecodeEvaluation.max_examples_per_task`; the official SNI
+      evaluation: 100); None: all. `mode_jax.eval` stays uncapped unless
+      `evaluate.max_examples_per_task` is bound.
     loss_chunk: positions per chunk of the output layer and cross-entropy
       (losses.chunked_cross_entropy; 0: the whole [B, L, V] logits at once).
     restore_step: resume from this checkpoint step (`--restore_step`) instead of
@@ -107,7 +113,8 @@ def train(*, model_dir: str = gin.REQUIRED, model: Any = gin.REQUIRED,
   dataset.prepare(mixture_or_task_name, task_feature_lengths)  # registered, with examples
   if evaluators is None:
     evaluators = [evaluators_lib.DecodeEvaluation(
-        tasks=eval_tasks, max_decode_len=max_decode_len, batch_size=eval_batch_size)]
+        tasks=eval_tasks, max_decode_len=max_decode_len, batch_size=eval_batch_size,
+        max_examples_per_task=eval_max_examples_per_task)]
   lock = runlock.acquire(model_dir)  # One writer per run directory (process 0 holds it).
   if jax.process_index() == 0 and isinstance(dataset, datasets.SniDataset):
     dataset.write_run_config(model_dir, task_feature_lengths)  # what `evaluate` rebuilds
