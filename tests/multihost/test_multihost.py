@@ -44,34 +44,46 @@ def assert_same_items(dir_a: str, dir_b: str, step: int) -> None:
       np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=f"{item} {k}")
 
 
+# The three runs read the same global batches: one process reading all 4 data
+# shards, 2 processes reading 2 each, 4 processes reading 1 each (seqio
+# shards 0..3 of every batch, concatenated in order either way).
+FOUR_SHARDS = ["train.data_shards = 4"]  # seqio shards of each global batch, in all
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, sni_cache):
   """One process x 4 devices and 2 processes x 2 devices, the same 6 steps, side by side."""
   root = str(tmp_path_factory.mktemp("multihost"))
-  cache = os.path.join(root, "cache")
-  # Prepare the data cache once (concurrent preparation is safe, but slower here).
+  cache = sni_cache
+  # The reference first: it prepares the data cache the others then read.
   one = procs.launch("mode_jax.train", procs.gin_args(
-      os.path.join(root, "one"), cache, STEPS, ["train.data_shards = 2"]),
+      os.path.join(root, "one"), cache, STEPS, FOUR_SHARDS),
                      None, 4, os.path.join(root, "logs_one"))
   one_out = one.wait()
-  two = procs.run("mode_jax.train", procs.gin_args(os.path.join(root, "two"), cache, STEPS),
+  two = procs.run("mode_jax.train", procs.gin_args(os.path.join(root, "two"), cache, STEPS,
+                                                   FOUR_SHARDS),
                   2, 2, os.path.join(root, "logs_two"))
   return {"root": root, "cache": cache, "one": os.path.join(root, "one"),
           "two": os.path.join(root, "two"), "one_out": one_out, "two_out": two}
 
 
 @pytest.mark.slow
+@pytest.mark.multihost
 def test_two_processes_train_as_one(runs):
   for step in (2, 4, 6):
     assert_same_items(runs["one"], runs["two"], step)
 
 
+@pytest.mark.slow
+@pytest.mark.multihost
 def test_each_process_feeds_its_own_rows(runs):
   assert "data shard 0 of 1, 8 rows" in runs["one_out"][0]
   assert "process 0 of 2: data shard 0 of 2, 4 rows" in runs["two_out"][0]
   assert "process 1 of 2: data shard 1 of 2, 4 rows" in runs["two_out"][1]
 
 
+@pytest.mark.slow
+@pytest.mark.multihost
 def test_checkpoints_written_once_by_all_processes(runs):
   d = os.path.join(runs["two"], "checkpoints")
   assert sorted(os.listdir(d)) == ["2", "4", "6"]  # no temporary directory left
@@ -79,7 +91,8 @@ def test_checkpoints_written_once_by_all_processes(runs):
     data = os.path.join(d, str(step), "data")
     states = [json.load(open(os.path.join(data, f"process_{i}.json"))) for i in range(2)]
     assert [s["shard_id"] for s in states] == [0, 1]
-    assert all(s["batches"] == step and s["num_shards"] == 2 for s in states)
+    assert all(s["batches"] == step and s["num_shards"] == 2 and s["shards_per_host"] == 2
+               for s in states)
     assert not glob.glob(os.path.join(data, "process_2*"))
     assert os.path.exists(os.path.join(data, "process_1.index"))
   # Process 0 alone writes the logs: each step once, one TensorBoard file.
@@ -89,9 +102,10 @@ def test_checkpoints_written_once_by_all_processes(runs):
 
 
 @pytest.mark.slow
+@pytest.mark.multihost
 def test_sigkill_of_all_processes_then_restart_ends_the_same(runs):
   model_dir = os.path.join(runs["root"], "killed")
-  args = procs.gin_args(model_dir, runs["cache"], STEPS)
+  args = procs.gin_args(model_dir, runs["cache"], STEPS, FOUR_SHARDS)
   group = procs.launch("mode_jax.train", args, 2, 2, os.path.join(runs["root"], "logs_k1"))
   deadline = time.time() + procs.TIMEOUT_S
   while "[step 3]" not in group.output(0):
@@ -125,20 +139,33 @@ def eval_args(model_dir: str, run_gin: str, extra) -> list[str]:
           + [f"--gin_bindings={b}" for b in bindings])
 
 
-@pytest.mark.slow
-def test_evaluation_decodes_each_example_once(runs):
+@pytest.fixture(scope="module")
+def evaluated(runs):
+  """One eval launch pair for the decode and the loss checks: `mode_jax.infer` with both
+  evaluators, in one process x 4 devices and in 2 processes x 2 devices."""
   dirs = restored_copies(runs, ("eval_one", "eval_two"))
 
   def args(model_dir):
     return eval_args(model_dir, "runs/infer.gin", [
-        f"evaluate.tasks = {EVAL_TASKS}", "evaluate.max_decode_len = 4",
-        "evaluate.batch_size = 8"])
+        "evaluate.evaluators = [@evaluators.DecodeEvaluation(), @evaluators.ValidationLoss()]",
+        f"evaluators.DecodeEvaluation.tasks = {EVAL_TASKS}",
+        "evaluators.DecodeEvaluation.max_decode_len = 4",
+        "evaluators.DecodeEvaluation.batch_size = 8", "evaluate.batch_size = 8",
+        f"evaluate.mixture_or_task_name = '{procs.TRAIN_TASK}'",
+        "evaluators.ValidationLoss.batch_size = 4"])
 
   one = procs.launch("mode_jax.infer", args(dirs["eval_one"]), None, 4,
                      os.path.join(runs["root"], "logs_e1"))
   procs.run("mode_jax.infer", args(dirs["eval_two"]), 2, 2,
             os.path.join(runs["root"], "logs_e2"))
   one.wait()
+  return dirs
+
+
+@pytest.mark.slow
+@pytest.mark.multihost
+def test_evaluation_decodes_each_example_once(evaluated):
+  dirs = evaluated
   recs = {}
   for name, d in dirs.items():
     lines = [json.loads(l) for l in open(os.path.join(d, "predictions.jsonl"))]
@@ -157,43 +184,31 @@ def test_evaluation_decodes_each_example_once(runs):
     m.pop("seconds")
   assert metrics[0] == metrics[1] and metrics[0]["num_examples"] == len(two_recs)
   d = dirs["eval_two"]
-  assert len(glob.glob(os.path.join(d, "eval_validation", "events.out.tfevents*"))) == 1
-  assert len(open(os.path.join(d, "eval_validation_metrics.jsonl")).readlines()) == 1
-  assert sorted(os.listdir(os.path.join(d, "eval"))) == [f"validation_metrics_{STEPS}.json"]
+  # Process 0 alone writes the logs: one line (and one events file) per evaluator.
+  assert len(glob.glob(os.path.join(d, "eval_validation", "events.out.tfevents*"))) == 2
+  assert len(open(os.path.join(d, "eval_validation_metrics.jsonl")).readlines()) == 2
+  assert sorted(os.listdir(os.path.join(d, "eval"))) == [f"validation_loss_{STEPS}.json",
+                                                         f"validation_metrics_{STEPS}.json"]
 
 
 @pytest.mark.slow
-def test_validation_loss_of_two_processes_equals_one(runs):
+@pytest.mark.multihost
+def test_validation_loss_of_two_processes_equals_one(evaluated):
   """Row-sharded teacher-forced loss: same numbers, each held-out row counted once."""
-  dirs = restored_copies(runs, ("loss_one", "loss_two"))
-
-  def args(model_dir):
-    return eval_args(model_dir, "runs/eval.gin", [
-        f"evaluate.mixture_or_task_name = '{procs.TRAIN_TASK}'",
-        "evaluate.evaluators = [@evaluators.ValidationLoss()]",
-        "evaluators.ValidationLoss.batch_size = 4"])
-
-  one = procs.launch("mode_jax.eval", args(dirs["loss_one"]), None, 4,
-                     os.path.join(runs["root"], "logs_l1"))
-  procs.run("mode_jax.eval", args(dirs["loss_two"]), 2, 2,
-            os.path.join(runs["root"], "logs_l2"))
-  one.wait()
   got = [json.load(open(os.path.join(d, "eval", f"validation_loss_{STEPS}.json")))
-         for d in dirs.values()]
+         for d in evaluated.values()]
   assert got[0]["tokens"] == got[1]["tokens"] > 0
   np.testing.assert_allclose(got[1]["loss"], got[0]["loss"], rtol=1e-5)
   assert list(got[0]["per_task"]) == [procs.TRAIN_TASK]
 
 
 @pytest.mark.slow
+@pytest.mark.multihost
 def test_four_processes_train_as_one(tmp_path, runs):
+  """4 processes x 1 device, one data shard each, against the 1-process run (4 shards)."""
   root = str(tmp_path)
-  one = procs.launch("mode_jax.train", procs.gin_args(
-      os.path.join(root, "one"), runs["cache"], 2, ["train.data_shards = 4"]),
-                     None, 4, os.path.join(root, "logs_one"))
   outs = procs.run("mode_jax.train", procs.gin_args(os.path.join(root, "four"), runs["cache"], 2),
                    4, 1, os.path.join(root, "logs_four"))
-  one.wait()
   assert [f"data shard {i} of 4" in out for i, out in enumerate(outs)] == [True] * 4
-  assert_same_items(os.path.join(root, "one"), os.path.join(root, "four"), 2)
+  assert_same_items(runs["one"], os.path.join(root, "four"), 2)
   assert len(os.listdir(os.path.join(root, "four", "checkpoints", "2", "data"))) >= 4 * 3
