@@ -11,6 +11,7 @@ complete step.
 import glob
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -29,10 +30,10 @@ DATA = {"mixture_or_task_name": "hsni_train", "task_feature_lengths": {"inputs":
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _registered(tmp_path_factory):
+def _registered(sni_cache):
   """A real SNI task: the run checkpoint's data item is its iterator's state."""
   tasks.register_sni(SAMPLE, data_config.SniConfig(max_input_tokens=32),
-                     cache_dir=str(tmp_path_factory.mktemp("cache")),
+                     cache_dir=sni_cache,
                      tasks=["task1146_country_capital"], prefix="hsni", allow_missing=True,
                      case_study=False, test=False)
 
@@ -44,7 +45,22 @@ def _state(k: int) -> dict:
           "opt_state": {"mu": jnp.full((64, 32), 10.0 * k), "count": jnp.asarray(k)}}
 
 
-def _save(model_dir, steps=(1, 2, 3)):
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+  """Steps 1, 2 and 3 saved once; each damage case works on a copy (`_save`)."""
+  d = tmp_path_factory.mktemp("pristine")
+  _write(d)
+  return d
+
+
+@pytest.fixture
+def saved(pristine, tmp_path):
+  """A private copy of the pristine run directory at tmp_path (steps 1, 2, 3)."""
+  shutil.copytree(pristine, tmp_path, dirs_exist_ok=True)
+  return tmp_path
+
+
+def _write(model_dir, steps=(1, 2, 3)):
   ck = checkpoints.RunCheckpointer(str(model_dir), save_interval_steps=1, max_to_keep=None,
                                    async_save=False)
   data = pipeline.BatchIterator(**DATA)
@@ -118,8 +134,7 @@ DAMAGES = [_truncate_adapter_data, _empty_opt_state_data, _delete_array_metadata
 
 
 @pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__.strip("_"))
-def test_damaged_newest_step_falls_back_named_and_moved_aside(tmp_path, capfd, damage):
-  _save(tmp_path)
+def test_damaged_newest_step_falls_back_named_and_moved_aside(saved, tmp_path, capfd, damage):
   item, path = damage(str(tmp_path))
   state, data, gin_text = _restore(tmp_path)
   assert int(state["step"]) == 2 and data == {"batches": 2} and gin_text == "TRAIN_STEPS = 2"
@@ -136,12 +151,11 @@ def test_damaged_newest_step_falls_back_named_and_moved_aside(tmp_path, capfd, d
   aside = [p for p in os.listdir(ckdir) if p.startswith("3.damaged-")]
   assert len(aside) == 1  # Moved, not deleted.
   # The next save of step 3 works again, and a later restore reads it.
-  _save(tmp_path, steps=(3,))
+  _write(tmp_path, steps=(3,))
   assert int(_restore(tmp_path)[0]["step"]) == 3
 
 
-def test_half_written_plain_number_step_is_never_complete(tmp_path, capfd):
-  _save(tmp_path)
+def test_half_written_plain_number_step_is_never_complete(saved, tmp_path, capfd):
   ckdir = tmp_path / "checkpoints"
   (ckdir / "7" / "adapters").mkdir(parents=True)
   (ckdir / "7" / "adapters" / "_METADATA").write_text("{}")
@@ -153,16 +167,14 @@ def test_half_written_plain_number_step_is_never_complete(tmp_path, capfd):
   assert any(p.startswith("7.damaged-") for p in os.listdir(ckdir))
 
 
-def test_orbax_tmp_directory_is_not_a_step(tmp_path):
-  _save(tmp_path)
+def test_orbax_tmp_directory_is_not_a_step(saved, tmp_path):
   ckdir = tmp_path / "checkpoints"
   os.rename(ckdir / "3", ckdir / "3.orbax-checkpoint-tmp-123")
   assert healing.step_dirs(str(ckdir)) == [1, 2]
   assert int(_restore(tmp_path)[0]["step"]) == 2
 
 
-def test_explicit_step_restores_it_and_sets_newer_aside(tmp_path):
-  _save(tmp_path)
+def test_explicit_step_restores_it_and_sets_newer_aside(saved, tmp_path):
   state, data, _ = _restore(tmp_path, 1, set_aside_newer=True)
   assert int(state["step"]) == 1 and data == {"batches": 1}
   names = os.listdir(tmp_path / "checkpoints")
@@ -171,16 +183,14 @@ def test_explicit_step_restores_it_and_sets_newer_aside(tmp_path):
   assert healing.step_dirs(str(tmp_path / "checkpoints")) == [1]
 
 
-def test_explicit_damaged_step_raises_and_moves_nothing(tmp_path):
-  _save(tmp_path)
+def test_explicit_damaged_step_raises_and_moves_nothing(saved, tmp_path):
   _garbage_data_item(str(tmp_path))
   with pytest.raises(healing.CheckpointDamaged, match=r"step 3, item 'data'.*process_0.json"):
     _restore(tmp_path, 3)
   assert (tmp_path / "checkpoints" / "3").exists()
 
 
-def test_changed_restore_target_is_not_damage(tmp_path):
-  _save(tmp_path)
+def test_changed_restore_target_is_not_damage(saved, tmp_path):
   target = checkpoints.abstract_like(_state(0))
   target["params"]["lora_a"] = jax.ShapeDtypeStruct((64, 16), jnp.float32)
   ck = checkpoints.RunCheckpointer(str(tmp_path), async_save=False)
@@ -191,8 +201,7 @@ def test_changed_restore_target_is_not_damage(tmp_path):
   assert healing.step_dirs(str(tmp_path / "checkpoints")) == [1, 2, 3]  # Nothing moved.
 
 
-def test_reader_falls_back_without_moving(tmp_path, capfd):
-  _save(tmp_path)
+def test_reader_falls_back_without_moving(saved, tmp_path, capfd):
   _truncate_adapter_data(str(tmp_path))
   ck = checkpoints.RunCheckpointer(str(tmp_path), async_save=False)
   out = ck.restore_adapters(checkpoints.abstract_like(
@@ -204,7 +213,7 @@ def test_reader_falls_back_without_moving(tmp_path, capfd):
 
 
 def test_every_step_damaged_is_a_named_error(tmp_path):
-  _save(tmp_path, steps=(1, 2))
+  _write(tmp_path, steps=(1, 2))
   for k in (1, 2):
     open(os.path.join(tmp_path, "checkpoints", str(k), "data", "process_0.json"), "w").write("x")
   with pytest.raises(FileNotFoundError, match=r"no readable checkpoint.*step 2.*step 1"):

@@ -5,6 +5,7 @@ reached), so each error is proven to come before any model is built or any
 weight read; the command-line tests run the real entry point.
 """
 
+import contextlib
 import glob
 import inspect
 import os
@@ -105,16 +106,36 @@ def test_model_dir_that_is_a_file(tmp_path, tripwire):
     _train(path / "sub")
 
 
+@contextlib.contextmanager
+def _read_only_dir(path):
+  """A directory nobody may write into, root included (CI runs as root).
+
+  As root: a read-only tmpfs mounted on it (chmod does not stop root); else
+  mode 0555.
+  """
+  path.mkdir()
+  if os.geteuid() != 0:
+    path.chmod(0o555)
+    yield path
+    return
+  rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
+                      capture_output=True, text=True)
+  assert rc.returncode == 0, f"cannot mount a read-only tmpfs as root: {rc.stderr}"
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", str(path)], check=True)
+
+
 def test_model_dir_not_writable(tmp_path, tripwire):
   # /sys refuses new entries even to root; chmod does not stop root.
   with pytest.raises(PermissionError, match=r"MODEL_DIR '/sys/mode_jax_run' is not writable"):
     _train("/sys/mode_jax_run")
-  if os.geteuid() != 0:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
+  with _read_only_dir(tmp_path / "ro") as ro:
     with pytest.raises(PermissionError, match="is not writable"):
       _train(ro / "run")
+    with pytest.raises(PermissionError, match="is not writable"):
+      _train(ro)  # the directory itself exists but cannot take the lock
 
 
 def test_unknown_mixture_is_named_before_the_model(tmp_path, tripwire):

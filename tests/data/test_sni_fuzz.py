@@ -240,9 +240,16 @@ def test_one_batch_of_all_accepted_files(corpus):
       assert meta["counts"]["train"] == counts[t] > 0, t
 
 
-@pytest.mark.parametrize("tag", ["instance_output_str", "truncated_at", "lone_surrogate_input",
-                                 "instances_empty"])
-def test_broken_file_in_a_mixture_is_named_at_the_first_batch(corpus, tag):
+# Where each kind of damage is caught: by the registration's header scan
+# (the task's JSON is read whole when its instances are counted), or only
+# when the mixture's first batch reads the task's records. Each case must
+# take its own branch, so neither branch can pass unexercised.
+BROKEN_AT = {"instance_output_str": "first_batch", "truncated_at": "registration",
+             "lone_surrogate_input": "first_batch", "instances_empty": "first_batch"}
+
+
+@pytest.mark.parametrize("tag", sorted(BROKEN_AT))
+def test_broken_file_in_a_mixture_is_named_where_expected(corpus, tag):
   root, cases, cache = corpus
   bad = next(n for n, _, e in cases if tag in n and e == "error")
   good = next(n for n, _, e in cases if e == "ok")
@@ -251,8 +258,10 @@ def test_broken_file_in_a_mixture_is_named_at_the_first_batch(corpus, tag):
       reg = tasks.register_sni(root, CFG, cache_dir=cache, tasks=[good, bad],
                                prefix=f"fzbad_{tag}", case_study=False, test=False)
     except sni.SniFormatError as e:  # The header scan already saw it.
+      assert BROKEN_AT[tag] == "registration", (tag, str(e))
       assert sni.task_path(root, bad) in str(e)
       return
+    assert BROKEN_AT[tag] == "first_batch", f"{tag}: registration accepted {bad}"
     with pytest.raises(sni.SniFormatError) as e:
       _first_batch(reg.mixtures["train"])
   assert sni.task_path(root, bad) in str(e.value)
