@@ -75,3 +75,70 @@ def tiny_run(tmp_path_factory, sni_cache):
   model_dir = str(tmp_path_factory.mktemp("tiny_run") / "run")
   summary, console = tiny.train_capturing(model_dir, sni_cache, tiny.STEPS, tiny.EVAL)
   return {"model_dir": model_dir, "cache": sni_cache, "summary": summary, "console": console}
+
+
+# --- Markers that mean something -------------------------------------------
+# Each test is watched while its fixtures are set up and while it runs: a
+# Python subprocess, a training (train's metrics logger), a multi-process
+# group (--multihost) or a libtpu compile for a topology must come with its
+# marker, or the test fails naming what it launched. `-m "not slow"` is then
+# a fast inner loop by construction, not by convention.
+_LAUNCHED: list = []
+
+
+def _watch_launches():
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  popen_init = subprocess.Popen.__init__
+
+  def init(self, args, *a, **kw):
+    argv = [str(x) for x in (args if isinstance(args, (list, tuple)) else [args])]
+    is_python = bool(argv) and (argv[0] == sys.executable or "python" in os.path.basename(argv[0]))
+    if is_python and not any("emulator_main.py" in x for x in argv):  # the GCS service
+      _LAUNCHED.append(("slow", f"a subprocess ({' '.join(argv[:3])} ...)"))
+      if "--multihost" in argv:
+        _LAUNCHED.append(("multihost", "a multi-process group (--multihost)"))
+    popen_init(self, args, *a, **kw)
+
+  subprocess.Popen.__init__ = init
+  from mode_jax import metrics_log  # pylint: disable=g-import-not-at-top
+  logger_init = metrics_log.MetricsLogger.__init__
+
+  def logger(self, model_dir, name="train", *a, **kw):
+    if name == "train":
+      _LAUNCHED.append(("slow", f"a training ({model_dir})"))
+    logger_init(self, model_dir, name, *a, **kw)
+
+  metrics_log.MetricsLogger.__init__ = logger
+  from mode_jax import aot  # pylint: disable=g-import-not-at-top
+  devices = aot.topology_devices
+
+  def topology_devices(*a, **kw):
+    _LAUNCHED.append(("tpu_compile", "a libtpu topology"))
+    return devices(*a, **kw)
+
+  aot.topology_devices = topology_devices
+
+
+def pytest_configure(config):
+  _watch_launches()
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:  # multihost and tpu_compile tests are slow tests too
+    if item.get_closest_marker("multihost") or item.get_closest_marker("tpu_compile"):
+      item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  outcome = yield
+  report = outcome.get_result()
+  launched, _LAUNCHED[:] = list(_LAUNCHED), []
+  if call.when == "teardown" or report.failed:
+    return
+  missing = sorted({f"@pytest.mark.{m} (it launched {what})" for m, what in launched
+                    if not item.get_closest_marker(m)})
+  if missing:
+    report.outcome = "failed"
+    report.longrepr = f"{item.nodeid} is not marked: " + "; ".join(missing)

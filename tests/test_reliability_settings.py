@@ -43,6 +43,7 @@ def _train(model_dir, *bindings, cache=None):
   return launch.call_configured(train_lib.train)
 
 
+@pytest.mark.slow  # a subprocess
 def test_cli_misspelled_macro_fails_suggesting_the_nearest(tmp_path):
   rc, text = _cli(f"MODEL_DIR='{tmp_path}'", "TRAIN_STEP=3")
   assert rc != 0
@@ -51,6 +52,7 @@ def test_cli_misspelled_macro_fails_suggesting_the_nearest(tmp_path):
   assert not os.listdir(tmp_path)  # Nothing written: it failed at parse time.
 
 
+@pytest.mark.slow  # a subprocess
 def test_cli_wrong_type_names_setting_macro_and_type(tmp_path):
   rc, text = _cli(f"MODEL_DIR='{tmp_path}'", "TRAIN_STEPS='abc'")
   assert rc != 0

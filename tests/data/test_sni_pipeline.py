@@ -153,6 +153,7 @@ def test_bad_pipeline_config():
     config.SniConfig(eval_fraction=1.5)
 
 
+@pytest.mark.slow  # a subprocess
 def test_models_and_adapters_do_not_import_tensorflow():
   code = ("import sys, mode_jax.adapters, mode_jax.models.config, mode_jax.data.sni, "
           "mode_jax.data.metrics; assert 'tensorflow' not in sys.modules, 'tf imported'")

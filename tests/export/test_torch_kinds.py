@@ -87,6 +87,7 @@ print("generated", ids.tolist())
 """
 
 
+@pytest.mark.slow  # a subprocess
 def test_torch_side_imports_without_jax(base, one_export):
   out = one_export
   env = dict(os.environ, PYTHONPATH=REPO)

@@ -158,6 +158,7 @@ def test_gemma2_features_run_and_cache_matches():
   assert np.abs(full).max() <= 30.0
 
 
+@pytest.mark.slow  # a subprocess
 def test_importing_models_and_adapters_does_not_import_tensorflow():
   code = ("import sys, mode_jax.models, mode_jax.adapters, mode_jax.sharding; "
           "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'seqio')]; "
